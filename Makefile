@@ -1,0 +1,57 @@
+# The README's two commands, `make demo` and `make test`, each do their own
+# set-up on a fresh machine and are safe to run twice.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo demo-cluster venv cluster-bins lint unit cluster bench bench-webhook bench-sidecar golden clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+# Builds (once, then cached by version) kube-apiserver, kube-controller-manager,
+# kubectl and etcd for the cluster tests. Without Go it says what to install.
+cluster-bins:
+	@bash tests/cluster/build.sh
+
+test: venv cluster-bins
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest -m "not cluster"
+
+cluster: venv cluster-bins
+	$(BIN)/pytest -m cluster
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+demo: venv
+	$(BIN)/shardmesh demo
+
+demo-cluster: venv cluster-bins
+	$(BIN)/python -m tests.e2e.demo_cluster
+
+golden: venv
+	REFRESH_GOLDEN=1 $(BIN)/pytest tests/webhook -k golden
+
+bench: bench-webhook bench-sidecar
+
+bench-webhook: venv
+	$(BIN)/python bench/webhook.py
+
+bench-sidecar: venv
+	@bash bench/ensure-peers.sh
+	$(BIN)/python bench/sidecar.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from shardmesh.cli import main
+
+sys.exit(main())

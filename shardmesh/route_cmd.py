@@ -1,0 +1,38 @@
+"""``shardmesh route --count N [--strategy S] KEY...``: the ordinal that owns each key.
+
+The output is one tab-separated line per key, ``KEY<TAB>ORDINAL``, so it is
+easy to compare with the sidecar's ``/_shard/resolve`` and to use in scripts.
+``--json`` prints the same records the sidecar's resolve endpoint uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sidecar.shardfn import STRATEGIES, ordinal_for
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardmesh route", description=__doc__.splitlines()[0])
+    parser.add_argument("--count", "-n", type=int, required=True, help="number of replicas (N >= 1)")
+    parser.add_argument("--strategy", "-s", default="modulo", choices=STRATEGIES)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per key")
+    parser.add_argument("keys", nargs="+", metavar="KEY")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.count < 1:
+        print(f"shardmesh route: --count must be >= 1, got {args.count}", file=sys.stderr)
+        return 2
+    for key in args.keys:
+        ordinal = ordinal_for(key, args.strategy, args.count)
+        if args.json:
+            record = {"key": key, "strategy": args.strategy, "count": args.count, "ordinal": ordinal}
+            print(json.dumps(record))
+        else:
+            print(f"{key}\t{ordinal}")
+    return 0

@@ -1,0 +1,7 @@
+"""shardmesh routing sidecar: key -> ordinal, the shard map, and the streaming proxy.
+
+This package never imports ``webhook``; the webhook imports this package's
+annotation schema so both sides agree on what an annotation means.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,366 @@
+"""The shard.io annotation schema: names, defaults and validators, in one place.
+
+Both sides import this module: the webhook rejects a pod whose annotations do
+not parse here, and the sidecar builds its routes from the very same parse.
+So whatever the webhook admitted, the sidecar understands the same way.
+
+Design rules:
+- Every validator is pure and raises ``AnnotationError`` naming the annotation
+  and the value: ``invalid value '<v>' for annotation '<k>': <why>``.
+- Nothing is silently ignored. An unknown ``shard.io/`` annotation, or an
+  option for a route that ``shard.io/backend`` does not declare, is an error,
+  because a typo that quietly falls back to a default can misroute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Final, Literal
+
+from sidecar.shardfn import STRATEGIES, Strategy
+
+PREFIX: Final = "shard.io/"
+INJECT: Final = "shard.io/inject"
+STATUS: Final = "shard.io/status"
+BACKEND: Final = "shard.io/backend"
+KEY: Final = "shard.io/key"
+STRATEGY: Final = "shard.io/strategy"
+UNAVAILABLE: Final = "shard.io/unavailable"
+TIMEOUT: Final = "shard.io/timeout"
+CPU_REQUEST: Final = "shard.io/sidecar-cpu-request"
+CPU_LIMIT: Final = "shard.io/sidecar-cpu-limit"
+MEMORY_REQUEST: Final = "shard.io/sidecar-memory-request"
+MEMORY_LIMIT: Final = "shard.io/sidecar-memory-limit"
+#: Namespace label that takes a namespace out of the webhook's namespaceSelector.
+ADMISSION_WEBHOOKS_LABEL: Final = "shard.io/admission-webhooks"
+
+#: Options that take an optional ``.<route>`` suffix.
+ROUTE_OPTIONS: Final = (KEY, STRATEGY, UNAVAILABLE, TIMEOUT)
+RESOURCE_OPTIONS: Final = (CPU_REQUEST, CPU_LIMIT, MEMORY_REQUEST, MEMORY_LIMIT)
+KNOWN: Final = frozenset((INJECT, STATUS, BACKEND, *ROUTE_OPTIONS, *RESOURCE_OPTIONS))
+
+DEFAULT_KEY: Final = "header:X-Shard-Key"
+DEFAULT_STRATEGY: Final[Strategy] = "modulo"
+DEFAULT_UNAVAILABLE: Final = "fail"
+DEFAULT_TIMEOUT: Final = "30s"
+DEFAULT_RESOURCES: Final = {
+    CPU_REQUEST: "50m",
+    MEMORY_REQUEST: "64Mi",
+    MEMORY_LIMIT: "128Mi",
+}
+MAX_WAIT_MS: Final = 60_000
+MAX_TIMEOUT_S: Final = 3600.0
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_SUFFIX_SCALE: Final = {
+    None: Decimal(1), "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+
+
+class AnnotationError(ValueError):
+    """An annotation value that cannot be used. The message is shown to the user."""
+
+    def __init__(self, key: str, value: str, why: str) -> None:
+        super().__init__(f"invalid value '{value}' for annotation '{key}': {why}")
+        self.key, self.value, self.why = key, value, why
+
+
+KeyKind = Literal["header", "query", "path", "json"]
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where a request's shard key comes from."""
+
+    kind: KeyKind
+    #: Header name (as written), query parameter name, or the dotted JSON path.
+    name: str = ""
+    #: For ``path``: the index of the segment after the route (0 is the first).
+    index: int = 0
+    #: For ``json``: the path split on dots.
+    path: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.index if self.kind == 'path' else self.name}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One entry of ``shard.io/backend``: ``[route=]statefulset[.namespace][:port]``."""
+
+    route: str
+    statefulset: str
+    namespace: str
+    #: None means "the first container port of the StatefulSet's pod template".
+    port: int | None
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """Everything the sidecar needs to serve ``localhost:15001/<name>/...``."""
+
+    backend: Backend
+    key: KeySource
+    strategy: Strategy
+    #: 0 means fail at once with 503; otherwise hold the request up to this long.
+    wait_ms: int
+    timeout_s: float
+
+    @property
+    def name(self) -> str:
+        return self.backend.route
+
+
+# --- single-value validators ------------------------------------------------
+
+
+def parse_bool(key: str, value: str) -> bool:
+    """``"true"`` or ``"false"``, exactly (as Kubernetes writes booleans)."""
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise AnnotationError(key, value, "expected \"true\" or \"false\"")
+
+
+def parse_key_source(key: str, value: str) -> KeySource:
+    kind, sep, arg = value.partition(":")
+    if not sep or not arg:
+        raise AnnotationError(
+            key, value, "expected header:<Name>, query:<name>, path:<index> or json:<dotted.path>"
+        )
+    if kind == "header":
+        if _HTTP_TOKEN.fullmatch(arg) is None:
+            raise AnnotationError(key, value, f"'{arg}' is not a valid HTTP header name")
+        return KeySource("header", name=arg)
+    if kind == "query":
+        return KeySource("query", name=arg)
+    if kind == "path":
+        if not arg.isascii() or not arg.isdigit():
+            raise AnnotationError(key, value, f"path index '{arg}' is not a non-negative integer")
+        return KeySource("path", index=int(arg))
+    if kind == "json":
+        parts = tuple(arg.split("."))
+        if any(not p for p in parts):
+            raise AnnotationError(key, value, f"JSON path '{arg}' has an empty segment")
+        return KeySource("json", name=arg, path=parts)
+    raise AnnotationError(
+        key, value, f"unknown key source '{kind}': expected header, query, path or json"
+    )
+
+
+def parse_strategy(key: str, value: str) -> Strategy:
+    for strategy in STRATEGIES:
+        if value == strategy:
+            return strategy
+    raise AnnotationError(key, value, f"expected one of {', '.join(STRATEGIES)}")
+
+
+def parse_unavailable(key: str, value: str) -> int:
+    """``fail`` gives 0; ``wait:<ms>`` gives the wait in milliseconds."""
+    if value == "fail":
+        return 0
+    mode, sep, arg = value.partition(":")
+    if mode != "wait" or not sep:
+        raise AnnotationError(key, value, "expected 'fail' or 'wait:<ms>'")
+    if not arg.isascii() or not arg.isdigit() or not 1 <= int(arg) <= MAX_WAIT_MS:
+        raise AnnotationError(key, value, f"wait must be an integer from 1 to {MAX_WAIT_MS} ms")
+    return int(arg)
+
+
+def parse_duration(key: str, value: str) -> float:
+    """A positive duration such as ``500ms``, ``30s`` or ``2m``, in seconds."""
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise AnnotationError(key, value, "expected a duration such as 500ms, 30s or 2m")
+    number, unit = float(match[1]), match[2]
+    seconds = number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise AnnotationError(key, value, f"must be more than 0 and at most {MAX_TIMEOUT_S:.0f}s")
+    return seconds
+
+
+def parse_quantity(key: str, value: str) -> Decimal:
+    """A Kubernetes resource quantity (``100m``, ``64Mi``), as a number of base units."""
+    match = _QUANTITY.fullmatch(value)
+    if match is None:
+        raise AnnotationError(key, value, "not a Kubernetes quantity such as 100m or 64Mi")
+    try:
+        amount = Decimal(match[1]) * _SUFFIX_SCALE[match[2]]
+    except InvalidOperation:
+        raise AnnotationError(key, value, "not a Kubernetes quantity") from None
+    if amount <= 0:
+        raise AnnotationError(key, value, "must be greater than zero")
+    return amount
+
+
+def parse_backends(value: str, pod_namespace: str) -> tuple[Backend, ...]:
+    """``[route=]statefulset[.namespace][:port]``, comma-separated, routes unique."""
+    backends: list[Backend] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            raise AnnotationError(BACKEND, value, "empty entry in the comma-separated list")
+        backend = _parse_backend(entry, value, pod_namespace)
+        if any(b.route == backend.route for b in backends):
+            raise AnnotationError(BACKEND, value, f"route '{backend.route}' is declared twice")
+        backends.append(backend)
+    return tuple(backends)
+
+
+def _parse_backend(entry: str, whole: str, pod_namespace: str) -> Backend:
+    route, sep, target = entry.rpartition("=")
+    if sep and not route:
+        raise AnnotationError(BACKEND, whole, f"entry '{entry}' has an empty route name")
+    target, sep, port_text = target.partition(":")
+    port: int | None = None
+    if sep:
+        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise AnnotationError(BACKEND, whole, f"port '{port_text}' is not in 1..65535")
+        port = int(port_text)
+    statefulset, _, namespace = target.partition(".")
+    namespace = namespace or pod_namespace
+    for what, name in (("statefulset", statefulset), ("namespace", namespace)):
+        if _DNS_LABEL.fullmatch(name) is None:
+            raise AnnotationError(BACKEND, whole, f"{what} '{name}' is not a valid DNS-1123 label")
+    route = route or statefulset
+    if _DNS_LABEL.fullmatch(route) is None:
+        raise AnnotationError(BACKEND, whole, f"route '{route}' is not a valid DNS-1123 label")
+    return Backend(route=route, statefulset=statefulset, namespace=namespace, port=port)
+
+
+# --- whole-pod parsing ------------------------------------------------------
+
+
+def _option(annotations: Mapping[str, str], option: str, route: str, default: str) -> tuple[str, str]:
+    """The per-route value if set, else the global one, else the default: (key, value)."""
+    specific = f"{option}.{route}"
+    if specific in annotations:
+        return specific, annotations[specific]
+    return option, annotations.get(option, default)
+
+
+def parse_routes(annotations: Mapping[str, str], pod_namespace: str) -> tuple[RouteSpec, ...]:
+    """Every route the pod declares, fully validated. No ``shard.io/backend`` means none."""
+    check_known(annotations)
+    backends = parse_backends(annotations[BACKEND], pod_namespace) if BACKEND in annotations else ()
+    routes = {b.route for b in backends}
+    for name, value in annotations.items():
+        base, dot, route = name.partition(".io/")[2].partition(".")
+        if dot and f"{PREFIX}{base}" in ROUTE_OPTIONS and route not in routes:
+            declared = ", ".join(sorted(routes)) or "none"
+            raise AnnotationError(
+                name, value, f"no route '{route}' in {BACKEND} (declared: {declared})"
+            )
+    return tuple(_route_spec(annotations, b) for b in backends)
+
+
+def _route_spec(annotations: Mapping[str, str], backend: Backend) -> RouteSpec:
+    route = backend.route
+    return RouteSpec(
+        backend=backend,
+        key=parse_key_source(*_option(annotations, KEY, route, DEFAULT_KEY)),
+        strategy=parse_strategy(*_option(annotations, STRATEGY, route, DEFAULT_STRATEGY)),
+        wait_ms=parse_unavailable(*_option(annotations, UNAVAILABLE, route, DEFAULT_UNAVAILABLE)),
+        timeout_s=parse_duration(*_option(annotations, TIMEOUT, route, DEFAULT_TIMEOUT)),
+    )
+
+
+def check_known(annotations: Mapping[str, str]) -> None:
+    """Reject ``shard.io/`` annotations this schema does not define (typos misroute)."""
+    for name, value in annotations.items():
+        if not name.startswith(PREFIX) or name in KNOWN:
+            continue
+        base = name.split(".io/", 1)[1].split(".", 1)[0]
+        if f"{PREFIX}{base}" not in ROUTE_OPTIONS:
+            raise AnnotationError(name, value, "unknown shard.io annotation")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The sidecar container's resources after annotation overrides."""
+
+    requests: dict[str, str]
+    limits: dict[str, str]
+
+
+def parse_resources(annotations: Mapping[str, str]) -> Resources:
+    """Defaults, overridden by validated annotations; a request may not exceed its limit."""
+    values = {k: annotations.get(k, DEFAULT_RESOURCES.get(k, "")) for k in RESOURCE_OPTIONS}
+    amounts = {k: parse_quantity(k, v) for k, v in values.items() if v}
+    for request, limit in ((CPU_REQUEST, CPU_LIMIT), (MEMORY_REQUEST, MEMORY_LIMIT)):
+        if request in amounts and limit in amounts and amounts[request] > amounts[limit]:
+            key = request if request in annotations else limit
+            raise AnnotationError(
+                key, values[key], f"{request} ({values[request]}) exceeds {limit} ({values[limit]})"
+            )
+    pick: Callable[[str, str], dict[str, str]] = lambda cpu, mem: {  # noqa: E731
+        name: values[k] for name, k in (("cpu", cpu), ("memory", mem)) if values[k]
+    }
+    return Resources(requests=pick(CPU_REQUEST, MEMORY_REQUEST), limits=pick(CPU_LIMIT, MEMORY_LIMIT))
+
+
+def validate_pod(annotations: Mapping[str, str], pod_namespace: str) -> tuple[RouteSpec, ...]:
+    """Everything the webhook checks before injecting; returns the parsed routes."""
+    routes = parse_routes(annotations, pod_namespace)
+    parse_resources(annotations)
+    return routes
+
+
+# --- the downward API file --------------------------------------------------
+
+
+def parse_downward_file(text: str) -> dict[str, str]:
+    """Parse the kubelet's ``metadata.annotations`` file: ``key="value"`` per line.
+
+    The kubelet writes values with Go's ``%q``; JSON string syntax covers what
+    annotation values contain in practice, and ``\\x``/``\\a``/``\\v`` are mapped
+    to their JSON equivalents first.
+    """
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, quoted = line.partition("=")
+        if not sep or not quoted.startswith('"'):
+            raise ValueError(f"line {number} of the annotations file is not key=\"value\": {line!r}")
+        result[key] = _unquote_go(quoted, number)
+    return result
+
+
+_GO_ESCAPES = re.compile(r"\\(x[0-9a-fA-F]{2}|a|v|U[0-9a-fA-F]{8}|\\)")
+
+
+def _unquote_go(quoted: str, number: int) -> str:
+    def to_json(match: re.Match[str]) -> str:
+        esc = match[1]
+        if esc == "\\":
+            return "\\\\"
+        if esc in ("a", "v"):
+            return "\\u%04x" % (7 if esc == "a" else 11)
+        code = int(esc[1:], 16)
+        return json.dumps(chr(code))[1:-1]
+
+    try:
+        value = json.loads(_GO_ESCAPES.sub(to_json, quoted))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"line {number} of the annotations file: bad quoting: {err}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"line {number} of the annotations file is not a quoted string")
+    return value
+
+
+def format_downward_file(annotations: Mapping[str, str]) -> str:
+    """The inverse of ``parse_downward_file``, in the kubelet's sorted order."""
+    return "".join(f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in sorted(annotations.items()))

@@ -1,0 +1,111 @@
+"""Key -> ordinal: the one function every shardmesh client must reproduce.
+
+Invariants (tests/unit/test_shardfn.py and tests/vectors/shard_vectors.json hold them):
+
+1. Pure: the ordinal depends only on (key, strategy, N). No sockets, no clock,
+   no process state, never Python's ``hash()``.
+2. Range: for N >= 1 every strategy returns an int in 0..N-1. N < 1 is a
+   ``ValueError`` (the caller turns it into a clear error; nothing owns a key).
+3. Integer keys: a key matching ``-?[0-9]+`` (ASCII) is a decimal integer of
+   any size. It is canonicalised to ``str(int(key))`` ("007" is 7, "-0" is 0).
+   - modulo: ``k mod N`` with floor semantics (the result is never negative).
+   - jump: the 64-bit key value is ``k mod 2**64``.
+   - rendezvous: hashes the canonical text, so "007" and "7" agree.
+4. Other keys: the 64-bit key value is ``h64(utf8(key))``.
+5. ``h64`` is xxHash64 with seed 0 (XXH64, https://xxhash.com).
+6. jump: Lamping & Veach, "A Fast, Minimal Memory, Consistent Hash Algorithm"
+   (2014), with the published 64-bit LCG and IEEE-754 double arithmetic.
+7. rendezvous: weight(i) = XXH64(utf8(canonical key), seed=i) for i in 0..N-1;
+   the highest weight wins, and a tie goes to the lowest ordinal.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+import xxhash
+
+Strategy = Literal["modulo", "jump", "rendezvous"]
+STRATEGIES: Final[tuple[Strategy, ...]] = ("modulo", "jump", "rendezvous")
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_MASK64: Final = (1 << 64) - 1
+_JUMP_MULTIPLIER: Final = 2862933555777941757
+
+
+def h64(data: bytes, seed: int = 0) -> int:
+    """XXH64 of ``data``: the portable 64-bit hash behind every strategy."""
+    return xxhash.xxh64_intdigest(data, seed)
+
+
+def integer_value(key: str) -> int | None:
+    """The key as an integer if it is a plain ASCII decimal integer, else None."""
+    if _INTEGER.fullmatch(key) is None:
+        return None
+    return int(key)
+
+
+def canonical(key: str) -> str:
+    """The text the hashes see: integers lose leading zeros and the sign of zero."""
+    value = integer_value(key)
+    return key if value is None else str(value)
+
+
+def key64(key: str) -> int:
+    """The 64-bit key value used by ``jump``."""
+    value = integer_value(key)
+    if value is not None:
+        return value & _MASK64
+    return h64(key.encode("utf-8"))
+
+
+def modulo(key: str, count: int) -> int:
+    value = integer_value(key)
+    if value is None:
+        value = h64(key.encode("utf-8"))
+    return value % count
+
+
+def jump_hash(value: int, count: int) -> int:
+    """Lamping-Veach jump consistent hash of a 64-bit value over ``count`` buckets."""
+    b, j = -1, 0
+    while j < count:
+        b = j
+        value = (value * _JUMP_MULTIPLIER + 1) & _MASK64
+        j = int((b + 1) * (float(1 << 31) / float((value >> 33) + 1)))
+    return b
+
+
+def jump(key: str, count: int) -> int:
+    return jump_hash(key64(key), count)
+
+
+def rendezvous(key: str, count: int) -> int:
+    data = canonical(key).encode("utf-8")
+    best, best_weight = 0, -1
+    for ordinal in range(count):
+        weight = h64(data, ordinal)
+        if weight > best_weight:
+            best, best_weight = ordinal, weight
+    return best
+
+
+_FUNCTIONS: Final = {"modulo": modulo, "jump": jump, "rendezvous": rendezvous}
+
+
+def ordinal_for(key: str, strategy: Strategy, count: int) -> int:
+    """The ordinal in 0..count-1 that owns ``key``.
+
+    Raises ValueError when ``count`` < 1 or the strategy is unknown, because no
+    ordinal can own a key then and guessing would misroute.
+    """
+    if count < 1:
+        raise ValueError(f"shard count must be >= 1, got {count}")
+    try:
+        function = _FUNCTIONS[strategy]
+    except KeyError:
+        raise ValueError(
+            f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}"
+        ) from None
+    return function(key, count)

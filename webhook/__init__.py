@@ -1,0 +1,1 @@
+"""shardmesh mutating admission webhook: decides on and injects the shard-router sidecar."""
