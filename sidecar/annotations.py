@@ -243,7 +243,9 @@ def _parse_backend(entry: str, whole: str, pod_namespace: str) -> Backend:
 # --- whole-pod parsing ------------------------------------------------------
 
 
-def _option(annotations: Mapping[str, str], option: str, route: str, default: str) -> tuple[str, str]:
+def _option(
+    annotations: Mapping[str, str], option: str, route: str, default: str
+) -> tuple[str, str]:
     """The per-route value if set, else the global one, else the default: (key, value)."""
     specific = f"{option}.{route}"
     if specific in annotations:
@@ -308,7 +310,9 @@ def parse_resources(annotations: Mapping[str, str]) -> Resources:
     pick: Callable[[str, str], dict[str, str]] = lambda cpu, mem: {  # noqa: E731
         name: values[k] for name, k in (("cpu", cpu), ("memory", mem)) if values[k]
     }
-    return Resources(requests=pick(CPU_REQUEST, MEMORY_REQUEST), limits=pick(CPU_LIMIT, MEMORY_LIMIT))
+    return Resources(
+        requests=pick(CPU_REQUEST, MEMORY_REQUEST), limits=pick(CPU_LIMIT, MEMORY_LIMIT)
+    )
 
 
 def validate_pod(annotations: Mapping[str, str], pod_namespace: str) -> tuple[RouteSpec, ...]:
@@ -334,7 +338,9 @@ def parse_downward_file(text: str) -> dict[str, str]:
             continue
         key, sep, quoted = line.partition("=")
         if not sep or not quoted.startswith('"'):
-            raise ValueError(f"line {number} of the annotations file is not key=\"value\": {line!r}")
+            raise ValueError(
+                f"line {number} of the annotations file is not key=\"value\": {line!r}"
+            )
         result[key] = _unquote_go(quoted, number)
     return result
 
@@ -363,4 +369,6 @@ def _unquote_go(quoted: str, number: int) -> str:
 
 def format_downward_file(annotations: Mapping[str, str]) -> str:
     """The inverse of ``parse_downward_file``, in the kubelet's sorted order."""
-    return "".join(f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in sorted(annotations.items()))
+    return "".join(
+        f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in sorted(annotations.items())
+    )
