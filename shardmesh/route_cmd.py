@@ -16,7 +16,7 @@ from sidecar.shardfn import STRATEGIES, ordinal_for
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardmesh route", description=__doc__.splitlines()[0])
-    parser.add_argument("--count", "-n", type=int, required=True, help="number of replicas (N >= 1)")
+    parser.add_argument("--count", "-n", type=int, required=True, help="replica count N (>= 1)")
     parser.add_argument("--strategy", "-s", default="modulo", choices=STRATEGIES)
     parser.add_argument("--json", action="store_true", help="print one JSON object per key")
     parser.add_argument("keys", nargs="+", metavar="KEY")
@@ -31,8 +31,8 @@ def main(argv: list[str]) -> int:
     for key in args.keys:
         ordinal = ordinal_for(key, args.strategy, args.count)
         if args.json:
-            record = {"key": key, "strategy": args.strategy, "count": args.count, "ordinal": ordinal}
-            print(json.dumps(record))
+            record = {"key": key, "strategy": args.strategy, "count": args.count}
+            print(json.dumps({**record, "ordinal": ordinal}))
         else:
             print(f"{key}\t{ordinal}")
     return 0
