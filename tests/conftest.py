@@ -1,0 +1,119 @@
+"""Shared fixtures: the real Kubernetes control plane of tests/cluster.
+
+Any test that uses ``control_plane`` (directly or through ``namespace`` or
+``kubelet``) is marked ``cluster`` automatically, so ``pytest -m "not cluster"``
+runs everything that needs no cluster. Without the binaries and without Go the
+cluster tests skip with one line saying what to install; under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.cluster import binaries
+from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings
+from tests.cluster.naming import namespace_name
+from tests.cluster.waiting import wait_for
+
+if TYPE_CHECKING:
+    from tests.cluster.kubelet import Kubelet
+
+STARTUP_KEY = pytest.StashKey[str]()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """Write a line to the terminal even while pytest captures output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if capman is None or reporter is None:
+        return
+    with capman.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tryfirst: the marks must be there before `-m` deselects.
+    for item in items:
+        if "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries before any test runs (a build outlasts any per-test timeout)."""
+    if not any(item.get_closest_marker("cluster") for item in session.items):
+        return
+    if not binaries.missing(binaries.binaries_dir()) or not binaries.have_go():
+        return
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        try:
+            binaries.build()
+        except binaries.MissingBinaries as exc:
+            print(f"control plane build failed: {exc}")  # the fixture fails with the details
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    line = terminalreporter.config.stash.get(STARTUP_KEY, None)
+    if line:
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, for the whole session."""
+    try:
+        bins = binaries.locate(build_if_missing=False)
+    except binaries.MissingBinaries as exc:
+        if _in_ci() or binaries.have_go():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    cp = ControlPlane(bins, ControlPlaneSettings.from_env())
+    seconds = cp.start()
+    line = f"control plane ready in {seconds:.1f}s ({cp.server}, {bins.directory.name})"
+    pytestconfig.stash[STARTUP_KEY] = line
+    _say(pytestconfig, line)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount, so pods are admitted), deleted after."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    api = client.CoreV1Api(control_plane.api_client())
+    name = namespace_name(request.node.name)
+    api.create_namespace({"metadata": {"name": name, "labels": {"shardmesh.test/owner": "pytest"}}})
+    wait_for(lambda: api.read_namespaced_service_account("default", name),
+             f"ServiceAccount 'default' in namespace {name} (kube-controller-manager)",
+             timeout=30)
+    yield name
+    try:
+        api.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture
+def kubelet(control_plane: ControlPlane) -> Iterator[Kubelet]:
+    """Plays the kubelet (Running, Ready, loopback pod IP) for pods in namespaces it watches."""
+    from tests.cluster.kubelet import Kubelet
+
+    sim = Kubelet(control_plane)
+    yield sim
+    sim.stop()
+    if sim.errors:
+        pytest.fail("simulated kubelet saw errors:\n" + "\n".join(sim.errors), pytrace=False)
