@@ -1,0 +1,119 @@
+"""Whether to inject: a pure decision over the pod, its namespace and the settings.
+
+Rules, in the order they are checked (the first that applies decides):
+
+1. Never touch system namespaces, the injector's own namespace, mirror pods,
+   pods that already carry the sidecar (so a second invocation, e.g. under
+   ``reinvocationPolicy: IfNeeded``, changes nothing) or hostNetwork pods.
+2. ``shard.io/inject`` must be exactly "true" or "false" wherever it is set
+   (annotation or label, pod or namespace); anything else rejects the pod.
+3. The pod's setting beats the namespace's; without either, nothing happens.
+4. A pod about to be injected must have valid shard.io annotations: a typo
+   that quietly fell back to a default could send a key to the wrong shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from sidecar import annotations as ann
+from webhook import reasons
+from webhook.podview import MIRROR_ANNOTATION, Obj, annotations_of, has_sidecar, labels_of, spec
+from webhook.reasons import Result
+from webhook.settings import Settings
+
+SYSTEM_NAMESPACES: Final = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one pod, and why (``reason`` is a ``webhook.reasons`` constant)."""
+
+    result: Result
+    reason: str
+    #: For rejections, the message the user sees; otherwise the reason's sentence.
+    message: str
+    routes: tuple[ann.RouteSpec, ...] = ()
+
+    def __str__(self) -> str:
+        return self.result if self.result == "injected" else f"{self.result}: {self.reason}"
+
+
+def skipped(reason: str) -> Decision:
+    return Decision("skipped", reason, reasons.SENTENCES[reason])
+
+
+def rejected(reason: str, message: str) -> Decision:
+    return Decision("rejected", reason, message)
+
+
+def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> Decision:
+    """The decision for ``pod`` in ``namespace``, whose object (labels, annotations)
+    is ``namespace_obj`` (``{}`` when unknown)."""
+    never = _never_injected(pod, namespace, settings)
+    if never is not None:
+        return skipped(never)
+    try:
+        pod_setting = inject_setting(pod, "pod")
+        ns_setting = inject_setting(namespace_obj, f"namespace '{namespace}'")
+    except SettingError as err:
+        return rejected(err.reason, str(err))
+    wanted = pod_setting if pod_setting is not None else ns_setting
+    if wanted is not True:
+        if pod_setting is False:
+            return skipped(reasons.INJECTION_DISABLED_POD)
+        if ns_setting is False:
+            return skipped(reasons.INJECTION_DISABLED_NAMESPACE)
+        return skipped(reasons.INJECTION_NOT_ENABLED)
+    try:
+        routes = ann.validate_pod(annotations_of(pod), namespace)
+    except ann.AnnotationError as err:
+        return rejected(reasons.INVALID_ANNOTATION, str(err))
+    return Decision("injected", reasons.INJECTED, reasons.SENTENCES[reasons.INJECTED], routes)
+
+
+def _never_injected(pod: Obj, namespace: str, settings: Settings) -> str | None:
+    if namespace in SYSTEM_NAMESPACES:
+        return reasons.SYSTEM_NAMESPACE
+    if namespace == settings.injector_namespace:
+        return reasons.INJECTOR_NAMESPACE
+    if MIRROR_ANNOTATION in annotations_of(pod):
+        return reasons.MIRROR_POD
+    if has_sidecar(pod):
+        return reasons.ALREADY_INJECTED
+    if spec(pod).get("hostNetwork") is True:
+        return reasons.HOST_NETWORK
+    return None
+
+
+class SettingError(ValueError):
+    """A ``shard.io/inject`` that is neither "true" nor "false", or that contradicts itself."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def inject_setting(obj: Obj, where: str) -> bool | None:
+    """``shard.io/inject`` from the object's annotation or label; None when unset.
+
+    Both may be set; if they disagree the object is ambiguous and is rejected
+    rather than guessed at.
+    """
+    found: dict[str, bool] = {}
+    for kind, values in (("annotation", annotations_of(obj)), ("label", labels_of(obj))):
+        if ann.INJECT not in values:
+            continue
+        try:
+            found[kind] = ann.parse_bool(ann.INJECT, values[ann.INJECT])
+        except ann.AnnotationError as err:
+            message = f"{where}: invalid value '{err.value}' for {kind} '{ann.INJECT}': {err.why}"
+            raise SettingError(reasons.INVALID_ANNOTATION, message) from None
+    if len(set(found.values())) > 1:
+        raise SettingError(
+            reasons.CONFLICTING_SETTING,
+            f"{where}: annotation '{ann.INJECT}' is '{str(found['annotation']).lower()}' but "
+            f"label '{ann.INJECT}' is '{str(found['label']).lower()}': set one, or make them agree",
+        )
+    return next(iter(found.values()), None)

@@ -1,0 +1,154 @@
+"""The webhook's settings: one dataclass, read from flags and environment here only.
+
+Every field can be set by a flag (``--sidecar-image``) or by an environment
+variable (``SHARDMESH_SIDECAR_IMAGE``); the flag wins. Nothing else in the
+webhook reads ``os.environ``. The pure injection pipeline takes this object
+as an argument, so the offline ``shardmesh inject`` builds one too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sidecar import __version__
+
+CertMode = Literal["self", "file"]
+ENV_PREFIX = "SHARDMESH_"
+#: Native sidecars (restartable init containers) are on by default from 1.29.
+NATIVE_SIDECAR_SINCE = (1, 29)
+_VERSION = re.compile(r"v?(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the webhook injects, serves and manages its certificates."""
+
+    #: The image of the injected shard-router container.
+    sidecar_image: str = f"ghcr.io/shardmesh/shardmesh:{__version__}"
+    #: The namespace the injector runs in; its pods are never injected.
+    injector_namespace: str = "shardmesh-system"
+    #: "major.minor" of the cluster; None means "assume native sidecars".
+    #: The server fills it from the API at start-up unless it is given.
+    kube_version: str | None = None
+    #: "self": generate and rotate the CA and serving certificate; "file": read
+    #: ``cert_file``/``key_file`` (for cert-manager) and reload them on change.
+    cert_mode: CertMode = "self"
+    cert_file: str = ""
+    key_file: str = ""
+    #: Where self-managed mode writes the serving certificate for the TLS layer.
+    cert_dir: str = "/tmp/shardmesh-webhook"
+    #: The Secret (in ``injector_namespace``) shared by all replicas.
+    secret_name: str = "shardmesh-webhook-certs"
+    #: The Service in front of the webhook: its DNS names go into the certificate.
+    service_name: str = "shardmesh-webhook"
+    #: The MutatingWebhookConfiguration whose caBundle this webhook keeps current.
+    webhook_config_name: str = "shardmesh-sidecar-injector"
+    #: Extra subject alternative names (DNS names or IP addresses).
+    extra_sans: tuple[str, ...] = ()
+    #: Lifetime of the serving certificate and of the CA, in seconds.
+    cert_lifetime_s: float = 90 * 86400.0
+    ca_lifetime_s: float = 3 * 365 * 86400.0
+    #: How often to look at the Secret, the files and the caBundle.
+    cert_check_s: float = 60.0
+    host: str = "0.0.0.0"
+    port: int = 8443
+    #: gunicorn workers (processes) and threads per worker; see webhook/cli.py.
+    workers: int = 1
+    threads: int = 8
+    #: Larger AdmissionReview bodies get HTTP 413.
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: No Kubernetes API: namespaces have no labels or annotations and
+    #: certificates must come from files. For benchmarks and local tests.
+    offline: bool = False
+    #: How long a namespace's labels and annotations are cached.
+    namespace_cache_s: float = 5.0
+    #: Kubeconfig for running outside a cluster; empty means in-cluster or ~/.kube.
+    kubeconfig: str = ""
+    log_level: str = "info"
+    version: str = field(default=__version__)
+
+    @property
+    def native_sidecar(self) -> bool:
+        """Whether the sidecar goes in as a restartable init container."""
+        if self.kube_version is None:
+            return True
+        return parse_kube_version(self.kube_version) >= NATIVE_SIDECAR_SINCE
+
+    def validate(self) -> Settings:
+        if self.cert_mode not in ("self", "file"):
+            raise ValueError(f"invalid cert mode '{self.cert_mode}': expected 'self' or 'file'")
+        if self.cert_mode == "file" and not (self.cert_file and self.key_file):
+            raise ValueError("cert mode 'file' needs --cert-file and --key-file")
+        if self.offline and self.cert_mode == "self":
+            raise ValueError("--offline has no API to keep certificates in: use --cert-mode file")
+        if self.kube_version is not None:
+            parse_kube_version(self.kube_version)
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"invalid port {self.port}: expected 1..65535")
+        if self.workers < 1 or self.threads < 1:
+            raise ValueError("--workers and --threads must be at least 1")
+        return self
+
+
+def parse_kube_version(text: str) -> tuple[int, int]:
+    """``1.29``, ``v1.29.3`` or ``1.29+`` (as some providers report it) -> (1, 29)."""
+    match = _VERSION.match(text.strip())
+    if match is None:
+        raise ValueError(f"invalid Kubernetes version '{text}': expected major.minor such as 1.29")
+    return int(match[1]), int(match[2])
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """One flag per field; the defaults are applied later, so env can fill the gaps."""
+    ap = argparse.ArgumentParser(prog="shardmesh webhook", description=description)
+    for f in dataclasses.fields(Settings):
+        if f.name == "version":
+            continue
+        if f.type == "bool":
+            ap.add_argument(_flag(f.name), action="store_const", const="true", default=None)
+        elif f.name == "extra_sans":
+            ap.add_argument(_flag("extra_san"), dest="extra_sans", action="append", default=None)
+        else:
+            ap.add_argument(_flag(f.name), default=None)
+    return ap
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str], description: str = "") -> Settings:
+    """Flags, then ``SHARDMESH_<FIELD>`` environment variables, then the defaults."""
+    args = vars(parser(description).parse_args(list(argv)))
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(Settings):
+        raw = args.get(f.name)
+        if raw is None:
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _convert(f.name, f.type, raw)
+    return Settings(**values).validate()  # type: ignore[arg-type]
+
+
+def _convert(name: str, type_: object, raw: object) -> object:
+    if name == "extra_sans":
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        return tuple(s.strip() for s in items if s.strip())
+    text = str(raw)
+    try:
+        if type_ == "int":
+            return int(text)
+        if type_ == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"invalid value '{text}' for {_flag(name)}: expected a number") from None
+    if type_ == "bool":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"invalid value '{text}' for {_flag(name)}: expected true or false")
+        return text.lower() in ("true", "1")
+    return text
