@@ -1,0 +1,153 @@
+"""Wiring: build the map, the pools and the listeners from ``Settings``, run, drain on SIGTERM.
+
+``Sidecar`` is usable in-process (the tests start it on port 0 in a thread);
+``run`` is the CLI entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Protocol
+
+from sidecar.admin import AdminConnection
+from sidecar.metrics import Stats, StatsCollector, exposition, registry_for
+from sidecar.proxy import ClientConnection, Context
+from sidecar.settings import Settings
+from sidecar.shardmap import RouteState, Shard, ShardMap
+from sidecar.upstream import Pools
+
+log = logging.getLogger("shardmesh.sidecar")
+
+
+class RouteSource(Protocol):
+    """Fills the shard map: static addresses, or the Kubernetes watches."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class StaticSource:
+    """``--route name=addr0,addr1``: every ordinal is ready at its address."""
+
+    def __init__(self, settings: Settings, shard_map: ShardMap) -> None:
+        self.settings, self.map = settings, shard_map
+
+    async def start(self) -> None:
+        self.map.set_specs(r.spec for r in self.settings.static_routes)
+        for route in self.settings.static_routes:
+            name = route.spec.name
+            shards = [Shard(ordinal=i, ready=True, address=a, pod=f"{name}-{i}")
+                      for i, a in enumerate(route.addresses)]
+            self.map.update(name, count=len(shards), shards=shards)
+
+    async def stop(self) -> None:
+        return None
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, source: RouteSource | None = None) -> None:
+        self.settings = settings
+        self.map = ShardMap()
+        self.stats = Stats()
+        self.pools = Pools(settings.pool_size)
+        self.ctx = Context(settings, self.map, self.pools, self.stats)
+        self.map.add_listener(self._map_changed)
+        self.source = source if source is not None else self._default_source()
+        self.registry = registry_for(StatsCollector(self.stats, lambda: self.map.generation,
+                                                    self._sync_ages))
+        self.servers: list[asyncio.Server] = []
+        self.port = 0
+        self.admin_port = 0
+        self.started_at = time.monotonic()
+
+    def _default_source(self) -> RouteSource:
+        if self.settings.static:
+            return StaticSource(self.settings, self.map)
+        from sidecar.discovery import KubernetesSource
+
+        return KubernetesSource(self.settings, self.map, self.stats)
+
+    def _map_changed(self, old: RouteState | None, new: RouteState | None) -> None:
+        route = (new or old).spec.name  # type: ignore[union-attr]
+        current = set() if new is None else {
+            (s.ordinal, s.address) for s in new.shards[: new.count] if s.address is not None
+        }
+        self.pools.retain(route, current)  # type: ignore[arg-type]
+
+    def _sync_ages(self) -> dict[str, float | None]:
+        now = time.monotonic()
+        return {s.spec.name: (now - s.synced_at) if s.synced else None
+                for s in self.map.routes.values()}
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        return True, {"uptime_s": round(time.monotonic() - self.started_at, 1)}
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        waiting = [s.spec.name for s in self.map.routes.values() if not s.synced]
+        if self.ctx.draining:
+            return False, {"reason": "draining"}
+        return not waiting, {"unsynced_routes": waiting}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.settings.listen
+        server = await loop.create_server(lambda: ClientConnection(self.ctx), host, port,
+                                          backlog=1024, reuse_address=True)
+        self.servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        if self.settings.admin is not None:
+            ahost, aport = self.settings.admin
+            admin = await loop.create_server(
+                lambda: AdminConnection(self.health, self.readiness,
+                                        lambda: exposition(self.registry)),
+                ahost, aport, reuse_address=True)
+            self.servers.append(admin)
+            self.admin_port = admin.sockets[0].getsockname()[1]
+        await self.source.start()
+        log.info("sidecar listening on %s:%d (admin %s)", host, self.port,
+                 f"{self.settings.admin[0]}:{self.admin_port}" if self.settings.admin else "off")
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight exchanges finish within the grace period, close."""
+        self.ctx.draining = True
+        self.servers[0].close()  # data listener: no new connections
+        for conn in list(self.ctx.connections):
+            conn.drain()
+        deadline = time.monotonic() + self.settings.drain_seconds
+        while self.ctx.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.ctx.connections):
+            conn.abort()
+        await self.stop()
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        await self.source.stop()
+        self.pools.close()
+        for conn in list(self.ctx.connections):
+            conn.abort()
+
+
+async def serve(settings: Settings) -> int:
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining for up to %gs", settings.drain_seconds)
+    await sidecar.drain()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    return uvloop.run(serve(settings))

@@ -1,0 +1,119 @@
+"""Prometheus metrics, cheap on the hot path.
+
+The hot path only bumps plain ints in dicts and lists (no locks, no label
+lookups); a custom collector turns them into Prometheus families at scrape
+time. The event loop is single-threaded and the scrape runs on it too, so the
+numbers are never read half-written.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+#: Upper bounds of the latency histogram, in seconds.
+BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                  5.0, 10.0, 30.0)
+
+
+class Stats:
+    """Counters the proxy bumps; read by ``StatsCollector``."""
+
+    def __init__(self) -> None:
+        #: (route, ordinal or "", status) -> count
+        self.requests: dict[tuple[str, str, int], int] = {}
+        #: route -> [bucket counts..., +Inf count], and the sum of seconds
+        self.latency: dict[str, list[int]] = {}
+        self.latency_sum: dict[str, float] = {}
+        self.upstream_connects: dict[tuple[str, str], int] = {}
+        self.connect_failures: dict[tuple[str, str], int] = {}
+        self.annotation_reloads: dict[str, int] = {"ok": 0, "error": 0}
+        self.watch_restarts: dict[str, int] = {}
+
+    def observe(self, route: str, ordinal: str, status: int, seconds: float) -> None:
+        key = (route, ordinal, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        counts = self.latency.get(route)
+        if counts is None:
+            counts = self.latency[route] = [0] * (len(BUCKETS) + 1)
+            self.latency_sum[route] = 0.0
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.latency_sum[route] += seconds
+
+
+def bump(counter: dict[tuple[str, str], int], route: str, ordinal: str) -> None:
+    counter[(route, ordinal)] = counter.get((route, ordinal), 0) + 1
+
+
+class StatsCollector(Collector):
+    def __init__(self, stats: Stats, generation: Callable[[], int],
+                 sync_ages: Callable[[], dict[str, float | None]]) -> None:
+        self.stats, self.generation, self.sync_ages = stats, generation, sync_ages
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        s = self.stats
+        requests = CounterMetricFamily("shardmesh_sidecar_requests", "Requests answered",
+                                       labels=["route", "ordinal", "code"])
+        for (route, ordinal, status), n in s.requests.items():
+            requests.add_metric([route, ordinal, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("shardmesh_sidecar_request_duration_seconds",
+                                        "Time from request head to the end of the response",
+                                        labels=["route"])
+        for route, counts in s.latency.items():
+            cumulative, buckets = 0, []
+            for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([route], buckets, s.latency_sum[route])
+        yield latency
+        for name, doc, data in (
+            ("shardmesh_sidecar_upstream_connections", "Upstream connections opened",
+             s.upstream_connects),
+            ("shardmesh_sidecar_upstream_connect_failures", "Upstream connects that failed",
+             s.connect_failures),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["route", "ordinal"])
+            for (route, ordinal), n in data.items():
+                family.add_metric([route, ordinal], n)
+            yield family
+        reloads = CounterMetricFamily("shardmesh_sidecar_annotation_reloads",
+                                      "Annotation file reloads", labels=["result"])
+        for result, n in s.annotation_reloads.items():
+            reloads.add_metric([result], n)
+        yield reloads
+        restarts = CounterMetricFamily("shardmesh_sidecar_watch_restarts",
+                                       "Kubernetes watches restarted", labels=["reason"])
+        for reason, n in s.watch_restarts.items():
+            restarts.add_metric([reason], n)
+        yield restarts
+        yield GaugeMetricFamily("shardmesh_sidecar_shard_map_generation",
+                                "Changes applied to the shard map", value=self.generation())
+        ages = GaugeMetricFamily("shardmesh_sidecar_shard_map_sync_age_seconds",
+                                 "Seconds since each route's map last changed from a sync",
+                                 labels=["route"])
+        for route, age in self.sync_ages().items():
+            if age is not None:
+                ages.add_metric([route], age)
+        yield ages
+
+
+def registry_for(collector: StatsCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,166 @@
+"""The shard map: for each route, the count N and each ordinal's (ready, address, pod).
+
+Design rules:
+- A ``RouteState`` is immutable. An update replaces it whole, so a request that
+  resolved against one state never sees half of the next one.
+- ``resolve`` is the only place a key becomes an (ordinal, shard) pair; it is
+  pure given a state and never returns a shard of another ordinal.
+- Updates arrive on the event loop thread (discovery hands them over with
+  ``call_soon_threadsafe``); waiters on a route are woken after every update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sidecar.annotations import RouteSpec
+from sidecar.errors import ProxyError
+from sidecar.shardfn import ordinal_for
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One ordinal of a route. ``address`` is None until the pod has an IP and a port."""
+
+    ordinal: int
+    ready: bool = False
+    address: tuple[str, int] | None = None
+    pod: str = ""
+
+
+@dataclass(frozen=True)
+class RouteState:
+    spec: RouteSpec
+    #: False until the first full list of the StatefulSet and its pods.
+    synced: bool = False
+    count: int = 0
+    shards: tuple[Shard, ...] = ()
+    #: Why the map is not usable yet (shown by /_shard/routes), e.g. "statefulset not found".
+    problem: str = ""
+    synced_at: float = 0.0
+    #: Precomputed for the hot path: the lower-cased key header name, if the key is a header.
+    key_header: bytes = field(default=b"", compare=False)
+
+    @classmethod
+    def initial(cls, spec: RouteSpec) -> RouteState:
+        header = spec.key.name.lower().encode() if spec.key.kind == "header" else b""
+        return cls(spec=spec, key_header=header, problem="not synced yet")
+
+    def shard(self, ordinal: int) -> Shard:
+        if ordinal < len(self.shards):
+            return self.shards[ordinal]
+        return Shard(ordinal=ordinal)
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "route": spec.name, "statefulset": spec.backend.statefulset,
+            "namespace": spec.backend.namespace, "port": spec.backend.port,
+            "key": str(spec.key), "strategy": spec.strategy, "wait_ms": spec.wait_ms,
+            "timeout_s": spec.timeout_s, "synced": self.synced, "count": self.count,
+            "problem": self.problem or None,
+            "shards": [
+                {"ordinal": s.ordinal, "ready": s.ready, "pod": s.pod or None,
+                 "address": f"{s.address[0]}:{s.address[1]}" if s.address else None}
+                for s in (self.shard(i) for i in range(self.count))
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Resolution:
+    route: RouteState
+    key: str
+    ordinal: int
+    shard: Shard
+
+
+def resolve(state: RouteState, key: str) -> Resolution:
+    """The owner of ``key``; raises 503 errors when the map cannot say or the owner is down."""
+    if not state.synced or state.count < 1:
+        raise ProxyError("shard_map_not_ready",
+                         f"the shard map of route '{state.spec.name}' is not ready: "
+                         f"{state.problem or 'no replicas'}", route=state.spec.name)
+    ordinal = ordinal_for(key, state.spec.strategy, state.count)
+    shard = state.shard(ordinal)
+    if not shard.ready or shard.address is None:
+        raise ProxyError("shard_unavailable",
+                         f"ordinal {ordinal} of route '{state.spec.name}' "
+                         f"(pod {shard.pod or state.spec.backend.statefulset + '-' + str(ordinal)})"
+                         " is not ready", route=state.spec.name, ordinal=ordinal)
+    return Resolution(route=state, key=key, ordinal=ordinal, shard=shard)
+
+
+class ShardMap:
+    """All routes by name; the live, mutable holder of the immutable route states."""
+
+    def __init__(self) -> None:
+        self.routes: dict[bytes, RouteState] = {}
+        self.generation = 0
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listeners: list[Callable[[RouteState | None, RouteState | None], None]] = []
+
+    def add_listener(self, listener: Callable[[RouteState | None, RouteState | None], None]) -> None:
+        """Called with (old, new) on every change; new is None when a route goes away."""
+        self._listeners.append(listener)
+
+    def get(self, name: str) -> RouteState | None:
+        return self.routes.get(name.encode())
+
+    def set_specs(self, specs: Iterable[RouteSpec]) -> list[RouteSpec]:
+        """Make the routes exactly ``specs``; returns the specs that are new or changed.
+
+        A route whose spec changed starts unsynced again, so nothing is routed
+        with the old StatefulSet's map under the new spec.
+        """
+        wanted = {s.name.encode(): s for s in specs}
+        changed: list[RouteSpec] = []
+        for name in list(self.routes):
+            if name not in wanted:
+                self._set(name, None)
+        for name, spec in wanted.items():
+            old = self.routes.get(name)
+            if old is None or old.spec != spec:
+                changed.append(spec)
+                self._set(name, RouteState.initial(spec))
+        return changed
+
+    def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",
+               synced: bool = True) -> None:
+        """A new snapshot for a route (from discovery or static config)."""
+        key = name.encode()
+        old = self.routes.get(key)
+        if old is None:
+            return  # the route was removed while its watch was delivering
+        state = replace(old, synced=synced, count=count, shards=tuple(shards), problem=problem,
+                        synced_at=time.monotonic() if synced else old.synced_at)
+        self._set(key, state)
+
+    def _set(self, key: bytes, state: RouteState | None) -> None:
+        old = self.routes.pop(key, None) if state is None else self.routes.get(key)
+        if state is not None:
+            self.routes[key] = state
+        self.generation += 1
+        for listener in self._listeners:
+            listener(old, state)
+        for future in self._waiters.pop(key.decode(), []):
+            if not future.done():
+                future.set_result(None)
+
+    def changed(self, name: str) -> asyncio.Future[None]:
+        """A future resolved at the next change of route ``name`` (for ``wait:<ms>``)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(name, []).append(future)
+        return future
+
+    @property
+    def synced(self) -> bool:
+        return all(s.synced for s in self.routes.values())
+
+    def describe(self) -> dict[str, Any]:
+        return {"generation": self.generation,
+                "routes": [s.describe() for s in self.routes.values()]}

@@ -1,0 +1,252 @@
+"""Upstream side: per-ordinal keep-alive pools and the backend response parser.
+
+Design rules:
+- A pool belongs to one (route, ordinal, address). A connection opened for
+  ordinal i is only ever used for ordinal i, even if the address later moves to
+  another ordinal (the map change drops the old pool).
+- One request at a time per connection; a connection goes back to its pool only
+  when the response is complete, the request was sent whole, and the backend
+  kept it alive. Anything else closes it.
+- The response parser reports to the exchange through a handful of calls
+  (``UpstreamListener``); it never writes to the client itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, cast
+
+import httptools
+
+from sidecar import http11
+
+
+class UpstreamListener(Protocol):
+    def on_response_head(self, up: UpstreamConnection) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_done(self, up: UpstreamConnection) -> None: ...
+    def on_upstream_lost(self, up: UpstreamConnection, error: str) -> None: ...
+    def on_upstream_drained(self) -> None: ...
+    def on_upstream_full(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+class _HeadersOnly(Exception):
+    """Raised from the parser callback to stop after the head of a HEAD response."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a backend pod; parses its responses."""
+
+    __slots__ = ("pool", "transport", "parser", "listener", "head_only", "status", "reason",
+                 "headers", "content_length", "chunked", "drop", "informational", "used",
+                 "got_bytes", "closed", "keep_alive", "complete")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.listener: UpstreamListener | None = None
+        self.closed = False
+        #: Served at least one request (a stale keep-alive may fail without our fault).
+        self.used = False
+        self._reset(head_only=False)
+
+    def _reset(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.drop: frozenset[bytes] = frozenset()
+        self.informational = False
+        self.got_bytes = False
+        self.keep_alive = True
+        self.complete = False
+
+    # --- used by the exchange ---------------------------------------------
+
+    def start(self, listener: UpstreamListener, data: bytes, head_only: bool) -> None:
+        """Send a request head (and whatever body is at hand) and listen for the answer."""
+        self._reset(head_only)
+        self.listener = listener
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def finish(self, reusable: bool) -> None:
+        """The exchange is done with this connection: pool it or close it."""
+        self.listener = None
+        self.used = True
+        if reusable and self.keep_alive and not self.closed and self.complete:
+            self.pool.give_back(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.listener = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # --- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        transport.set_write_buffer_limits(high=256 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        listener = self.listener
+        if listener is None:
+            self.abort()  # bytes on an idle connection: the stream is out of step
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            cause = err.__context__ if isinstance(err.__context__, _HeadersOnly) else None
+            if cause is not None:
+                self.parser = httptools.HttpResponseParser(self)
+                self.complete = True
+                listener.on_response_done(self)
+            else:
+                listener.on_upstream_lost(self, f"invalid response from the backend: {err}")
+                self.abort()
+        listener.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        listener, self.listener = self.listener, None
+        if listener is None:
+            return
+        if self.status >= 200 and self._close_delimited():
+            self.complete, self.keep_alive = True, False
+            listener.on_response_done(self)
+        else:
+            listener.on_upstream_lost(self, f"the backend closed the connection: {exc or 'EOF'}")
+        listener.flush()
+
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.on_upstream_full()
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.on_upstream_drained()
+
+    def _close_delimited(self) -> bool:
+        return (self.content_length is None and not self.chunked and not self.head_only
+                and self.status not in http11.NO_BODY_STATUS)
+
+    # --- httptools callbacks ----------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in http11.RESPONSE_SPECIAL:
+            if lname == b"content-length":
+                self.content_length = value
+            elif lname == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                self.drop = self.drop | http11.connection_tokens(value)
+            return
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            # 1xx (e.g. 103 Early Hints): not forwarded; the final response follows.
+            self.informational = True
+            self.headers, self.reason, self.drop = [], b"", frozenset()
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.drop:
+            self.headers = [(n, v) for n, v in self.headers if n.lower() not in self.drop]
+        if self.listener is not None:
+            self.listener.on_response_head(self)
+        if self.head_only:
+            raise _HeadersOnly
+
+    def on_body(self, data: bytes) -> None:
+        if self.listener is not None and not self.informational:
+            self.listener.on_response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        self.complete = True
+        if self.listener is not None:
+            self.listener.on_response_done(self)
+
+
+class Pool:
+    """Idle keep-alive connections to one ordinal of one route at one address."""
+
+    __slots__ = ("route", "ordinal", "address", "idle", "max_idle", "closed", "label")
+
+    def __init__(self, route: str, ordinal: int, address: tuple[str, int], max_idle: int) -> None:
+        self.route, self.ordinal, self.address = route, ordinal, address
+        self.idle: list[UpstreamConnection] = []
+        self.max_idle = max_idle
+        self.closed = False
+        self.label = (route, str(ordinal))
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        if self.closed or len(self.idle) >= self.max_idle:
+            conn.abort()
+            return
+        if conn.transport is not None:
+            conn.transport.resume_reading()  # so a backend's close is noticed while idle
+        self.idle.append(conn)
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        """A new connection; raises OSError or TimeoutError when it cannot be made."""
+        loop = asyncio.get_running_loop()
+        host, port = self.address
+        async with asyncio.timeout(timeout):
+            _, protocol = await loop.create_connection(lambda: UpstreamConnection(self), host, port)
+        return protocol
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in self.idle:
+            conn.abort()
+        self.idle.clear()
+
+
+class Pools:
+    """Every pool, by (route, ordinal, address)."""
+
+    def __init__(self, max_idle: int) -> None:
+        self.max_idle = max_idle
+        self.pools: dict[tuple[str, int, tuple[str, int]], Pool] = {}
+
+    def get(self, route: str, ordinal: int, address: tuple[str, int]) -> Pool:
+        key = (route, ordinal, address)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(route, ordinal, address, self.max_idle)
+        return pool
+
+    def retain(self, route: str, current: set[tuple[int, tuple[str, int]]]) -> None:
+        """Close the pools of ``route`` whose (ordinal, address) is no longer in the map."""
+        for key in [k for k in self.pools if k[0] == route and (k[1], k[2]) not in current]:
+            self.pools.pop(key).close()
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
