@@ -69,7 +69,7 @@ def shard_headers(ordinal: int, count: int) -> bytes:
 
 
 def split_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
-    """``/<route>/<rest>?<q>`` -> (route, upstream target, rest path, query); None if not origin-form.
+    """``/<route>/<rest>?<q>`` -> (route, upstream target, rest path, query), or None.
 
     An absolute-form target (``http://host/route/...``) is accepted as RFC 9112
     asks of servers; its authority is dropped.

@@ -95,6 +95,9 @@ def resolve(state: RouteState, key: str) -> Resolution:
     return Resolution(route=state, key=key, ordinal=ordinal, shard=shard)
 
 
+Listener = Callable[[RouteState | None, RouteState | None], None]
+
+
 class ShardMap:
     """All routes by name; the live, mutable holder of the immutable route states."""
 
@@ -102,9 +105,9 @@ class ShardMap:
         self.routes: dict[bytes, RouteState] = {}
         self.generation = 0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._listeners: list[Callable[[RouteState | None, RouteState | None], None]] = []
+        self._listeners: list[Listener] = []
 
-    def add_listener(self, listener: Callable[[RouteState | None, RouteState | None], None]) -> None:
+    def add_listener(self, listener: Listener) -> None:
         """Called with (old, new) on every change; new is None when a route goes away."""
         self._listeners.append(listener)
 
