@@ -1,0 +1,141 @@
+"""The web layer with Flask's test client: HTTP statuses, denials, metrics and logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+
+from tests.webhook.golden import review
+from webhook.errors import LookupFailed
+from webhook.server import create_app
+from webhook.settings import Settings
+
+POD: dict[str, Any] = {
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"generateName": "client-", "namespace": "shop",
+                 "annotations": {"shard.io/inject": "true", "shard.io/backend": "svc:8080"}},
+    "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+}
+
+
+@pytest.fixture
+def client() -> FlaskClient:
+    return create_app(Settings(max_body_bytes=64 * 1024), lambda _ns: {}).test_client()
+
+
+def counted(result: str, reason: str, dry_run: str = "false") -> float:
+    value = REGISTRY.get_sample_value("shardmesh_webhook_decisions_total",
+                                      {"result": result, "reason": reason, "dry_run": dry_run})
+    return value or 0.0
+
+
+def with_review(**changes: Any) -> bytes:
+    return json.dumps({**review(POD, "shop", False), **changes}).encode()
+
+
+def with_request(**changes: Any) -> bytes:
+    body = review(POD, "shop", False)
+    body["request"].update(changes)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        pytest.param(b"{not json", 400, "the body is not JSON", id="not-json"),
+        pytest.param(b"\xff\xfe", 400, "the body is not JSON", id="not-utf8"),
+        pytest.param(b"[]", 400, "got JSON list", id="array"),
+        pytest.param(with_review(apiVersion="admission.k8s.io/v1beta1"),
+                     400, "invalid apiVersion 'admission.k8s.io/v1beta1'", id="v1beta1"),
+        pytest.param(with_review(kind="Pod"),
+                     400, "invalid kind 'Pod'", id="wrong-kind"),
+        pytest.param(with_review(request=None),
+                     400, "has no request", id="no-request"),
+        pytest.param(with_request(uid=""), 400, "has no uid", id="empty-uid"),
+        pytest.param(with_request(uid=None), 400, "has no uid", id="null-uid"),
+        pytest.param(with_request(object=None), 400, "has no object", id="no-object"),
+        pytest.param(b"x" * (65 * 1024), 413, "larger than 65536 bytes", id="too-large"),
+    ],
+)
+def test_broken_reviews_get_http_errors(client: FlaskClient, body: bytes, status: int,
+                                        message: str) -> None:
+    resp = client.post("/mutate", data=body, content_type="application/json")
+    assert resp.status_code == status
+    assert message in resp.get_json()["message"]
+
+
+def test_wrong_content_type_is_415(client: FlaskClient) -> None:
+    resp = client.post("/mutate", data=with_request(), content_type="text/plain")
+    assert resp.status_code == 415
+    assert "application/json" in resp.get_json()["message"]
+
+
+def test_denial_is_allowed_false_with_the_message(client: FlaskClient) -> None:
+    pod = {**POD, "metadata": {**POD["metadata"], "annotations": {
+        "shard.io/inject": "true", "shard.io/backend": "svc:8080", "shard.io/timeout": "soon"}}}
+    before = counted("rejected", "invalid_annotation")
+    resp = client.post("/mutate", json=review(pod, "shop", False))
+    answer = resp.get_json()["response"]
+    assert resp.status_code == 200 and answer["allowed"] is False
+    assert "invalid value 'soon' for annotation 'shard.io/timeout'" in answer["status"]["message"]
+    assert answer["status"]["code"] == 403
+    assert "patch" not in answer
+    assert counted("rejected", "invalid_annotation") == before + 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"operation": "UPDATE"}, id="update"),
+        pytest.param({"kind": {"group": "apps", "version": "v1", "kind": "Deployment"}},
+                     id="not-a-pod"),
+        pytest.param({"subResource": "ephemeralcontainers"}, id="subresource"),
+    ],
+)
+def test_anything_but_pod_create_passes_untouched(client: FlaskClient,
+                                                  changes: dict[str, Any]) -> None:
+    answer = client.post("/mutate", data=with_request(**changes),
+                         content_type="application/json").get_json()["response"]
+    assert answer["allowed"] is True and "patch" not in answer
+    assert answer["auditAnnotations"]["decision"] == "skipped: not_pod_create"
+
+
+def test_decisions_are_counted_logged_and_dry_run_labelled(
+        client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    before = counted("injected", "injected", "true")
+    with caplog.at_level(logging.INFO, logger="shardmesh.webhook"):
+        resp = client.post("/mutate", json=review(POD, "shop", True))
+    assert resp.get_json()["response"]["allowed"] is True
+    assert counted("injected", "injected", "true") == before + 1
+    [record] = [r for r in caplog.records if r.getMessage() == "decision"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["pod"] == "client-*" and fields["namespace"] == "shop"
+    assert fields["result"] == "injected" and fields["dryRun"] is True
+    assert fields["uid"]
+
+
+def test_namespace_lookup_failure_is_503() -> None:
+    def broken(name: str) -> dict[str, Any]:
+        raise LookupFailed(f"cannot read namespace '{name}': 500 boom")
+
+    app = create_app(Settings(), broken).test_client()
+    resp = app.post("/mutate", json=review(POD, "shop", False))
+    assert resp.status_code == 503
+    assert "cannot read namespace 'shop'" in resp.get_json()["message"]
+
+
+def test_health_readiness_and_metrics() -> None:
+    ready = {"value": False}
+    app = create_app(Settings(), lambda _ns: {}, ready=lambda: ready["value"]).test_client()
+    assert app.get("/healthz").status_code == 200
+    assert app.get("/readyz").status_code == 503
+    ready["value"] = True
+    assert app.get("/readyz").status_code == 200
+    metrics = app.get("/metrics").get_data(as_text=True)
+    assert "shardmesh_webhook_review_duration_seconds_bucket" in metrics
+    assert app.get("/mutate").status_code == 405

@@ -1,0 +1,192 @@
+"""Self-managed certificates at the edge: the shared Secret and the caBundle.
+
+Every replica runs the same loop (``sync``):
+1. read the Secret; create it from a fresh bundle if absent. Replicas racing
+   to create it get 409 Conflict except one; the losers read the winner's.
+2. if the bundle needs renewing, patch the new ``caBundle`` into the webhook
+   configuration first (so the API server trusts the new CA before anyone
+   serves a certificate it signed), then replace the Secret with an
+   optimistic-concurrency update. A 409 means another replica renewed first:
+   use its bundle.
+3. make sure every webhook of our MutatingWebhookConfiguration carries the
+   Secret's ``caBundle`` (a loser of step 2 may have patched its own in).
+4. write the serving certificate and key to files; the TLS layer reloads them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from webhook import certs
+from webhook.certs import CertBundle
+from webhook.logs import event
+from webhook.settings import Settings
+
+FIELDS = {"ca_cert": "ca.crt", "ca_key": "ca.key", "cert": "tls.crt", "key": "tls.key",
+          "ca_bundle": "ca-bundle.crt"}
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def to_secret_data(bundle: CertBundle) -> dict[str, bytes | str]:
+    return {key: base64.b64encode(getattr(bundle, attr)).decode() for attr, key in FIELDS.items()}
+
+
+def from_secret_data(data: Mapping[str, bytes | str] | None) -> CertBundle | None:
+    """The bundle in a Secret's data, or None if a field is missing (then it is rebuilt)."""
+    if not data or any(key not in data for key in FIELDS.values()):
+        return None
+    return CertBundle(**{attr: base64.b64decode(data[key]) for attr, key in FIELDS.items()})
+
+
+class CertStore:
+    """The Secret and MutatingWebhookConfiguration side of self-managed certificates."""
+
+    def __init__(self, api: client.ApiClient, settings: Settings, clock: Clock = utcnow) -> None:
+        self.core = client.CoreV1Api(api)
+        self.admission = client.AdmissionregistrationV1Api(api)
+        self.settings, self.clock = settings, clock
+        self.sans = certs.service_sans(settings.service_name, settings.injector_namespace,
+                                       settings.extra_sans)
+        self.cert_lifetime = dt.timedelta(seconds=settings.cert_lifetime_s)
+        self.ca_lifetime = dt.timedelta(seconds=settings.ca_lifetime_s)
+
+    # --- the Secret ----------------------------------------------------------
+
+    def _read(self) -> tuple[CertBundle | None, str | None]:
+        """The stored bundle and the Secret's resourceVersion (None, None if absent)."""
+        try:
+            secret = self.core.read_namespaced_secret(self.settings.secret_name,
+                                                      self.settings.injector_namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None, None
+            raise
+        assert secret.metadata is not None
+        return from_secret_data(secret.data), secret.metadata.resource_version
+
+    def _secret(self, bundle: CertBundle, resource_version: str | None) -> client.V1Secret:
+        meta = client.V1ObjectMeta(
+            name=self.settings.secret_name, namespace=self.settings.injector_namespace,
+            labels={"app.kubernetes.io/name": "shardmesh",
+                    "app.kubernetes.io/component": "webhook"},
+            resource_version=resource_version)
+        return client.V1Secret(metadata=meta, type="kubernetes.io/tls",
+                               data=to_secret_data(bundle))
+
+    def ensure(self) -> CertBundle:
+        """The bundle every replica serves; created or renewed here if needed."""
+        for _ in range(5):
+            bundle, version = self._read()
+            if version is None:
+                created = self._create()
+                if created is not None:
+                    return created
+                continue
+            now = self.clock()
+            replacement = (certs.fresh(self.sans, now, self.cert_lifetime, self.ca_lifetime)
+                           if bundle is None else
+                           certs.renewed(bundle, self.sans, now, self.cert_lifetime,
+                                         self.ca_lifetime))
+            if replacement is None and bundle is not None:
+                return bundle
+            assert replacement is not None
+            if self._replace(replacement, version):
+                return replacement
+        raise RuntimeError(f"could not agree on Secret {self.settings.secret_name} after 5 tries")
+
+    def _create(self) -> CertBundle | None:
+        bundle = certs.fresh(self.sans, self.clock(), self.cert_lifetime, self.ca_lifetime)
+        self.patch_ca_bundle(bundle.ca_bundle)
+        try:
+            self.core.create_namespaced_secret(self.settings.injector_namespace,
+                                               self._secret(bundle, None))
+        except ApiException as err:
+            if err.status == 409:
+                event("another replica created the certificate Secret first; using it")
+                return None
+            raise
+        event("created the certificate Secret", secret=self.settings.secret_name,
+              not_after=certs.not_after(bundle.cert).isoformat())
+        return bundle
+
+    def _replace(self, bundle: CertBundle, resource_version: str) -> bool:
+        self.patch_ca_bundle(bundle.ca_bundle)
+        try:
+            self.core.replace_namespaced_secret(self.settings.secret_name,
+                                                self.settings.injector_namespace,
+                                                self._secret(bundle, resource_version))
+        except ApiException as err:
+            if err.status == 409:
+                event("another replica renewed the certificates first; using theirs")
+                return False
+            raise
+        event("renewed the certificates", secret=self.settings.secret_name,
+              not_after=certs.not_after(bundle.cert).isoformat(),
+              ca_not_after=certs.not_after(bundle.ca_cert).isoformat())
+        return True
+
+    # --- the MutatingWebhookConfiguration ---------------------------------------
+
+    def patch_ca_bundle(self, ca_bundle: bytes) -> bool:
+        """Put ``ca_bundle`` into every webhook of our configuration; True if changed.
+        A missing configuration is not an error: it may be applied later."""
+        name = self.settings.webhook_config_name
+        try:
+            config = self.admission.read_mutating_webhook_configuration(name)
+        except ApiException as err:
+            if err.status == 404:
+                event("webhook configuration not found; caBundle not patched",
+                      logging.WARNING, name=name)
+                return False
+            raise
+        wanted = base64.b64encode(ca_bundle).decode()
+        ops = [
+            {"op": "replace" if (hook.client_config.ca_bundle is not None) else "add",
+             "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted}
+            for i, hook in enumerate(config.webhooks or [])
+            if hook.client_config.ca_bundle != wanted
+        ]
+        if not ops:
+            return False
+        # The test op fails the patch if the list changed under us; the next sync retries.
+        assert config.metadata is not None
+        ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion",
+                       "value": str(config.metadata.resource_version)})
+        self.admission.patch_mutating_webhook_configuration(name, ops)
+        event("patched caBundle", name=name, webhooks=len(ops) - 1)
+        return True
+
+    def sync(self, cert_file: str, key_file: str) -> CertBundle:
+        bundle = self.ensure()
+        self.patch_ca_bundle(bundle.ca_bundle)
+        if certs.write_files(bundle.cert, bundle.key, cert_file, key_file):
+            event("wrote the serving certificate", cert_file=cert_file,
+                  not_after=certs.not_after(bundle.cert).isoformat())
+        return bundle
+
+
+def run_rotation(store: CertStore, cert_file: str, key_file: str, interval: float,
+                 stop: threading.Event) -> threading.Thread:
+    """Keep syncing every ``interval`` seconds in a daemon thread until ``stop`` is set."""
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                store.sync(cert_file, key_file)
+            except Exception as err:  # keep serving the current certificate
+                event("certificate sync failed; will retry", logging.WARNING, error=str(err))
+
+    thread = threading.Thread(target=loop, name="cert-rotation", daemon=True)
+    thread.start()
+    return thread

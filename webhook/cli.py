@@ -1,0 +1,176 @@
+"""``shardmesh webhook``: the webhook under gunicorn, HTTPS only.
+
+Process model and why:
+- gunicorn ``gthread`` workers; by default ONE worker with 8 threads. A
+  review takes well under a millisecond of CPU, the API server sends a few
+  per pod, and high availability comes from replicas, not processes. One
+  process keeps the Prometheus counters in one registry and the namespace
+  cache shared. ``--workers N`` is supported for CPU-bound clusters: then
+  Prometheus multiprocess mode is switched on (``PROMETHEUS_MULTIPROC_DIR``)
+  so ``/metrics`` still sums over all workers.
+- The master prepares the certificate (self-managed: from the shared Secret;
+  file mode: the given files) before it binds, and in self-managed mode it
+  runs the rotation loop. Workers never talk to the Secret; each one's TLS
+  context follows the files (``webhook.tls``), so a rotation reaches every
+  worker without a restart.
+- The Kubernetes client of the workers is created after the fork (in
+  ``load``): a client's connection pool must not be shared across processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+import sys
+import tempfile
+import threading
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from kubernetes import client, config
+
+from webhook import logs
+from webhook.logs import event
+from webhook.settings import Settings, load
+
+DESCRIPTION = "Run the shardmesh mutating admission webhook (HTTPS, POST /mutate)."
+
+
+def api_client(settings: Settings) -> client.ApiClient:
+    """In-cluster credentials, else ``--kubeconfig``/``$KUBECONFIG``/~/.kube/config."""
+    if not settings.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return client.ApiClient(configuration)
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=settings.kubeconfig or None)
+    return api
+
+
+def detect_kube_version(api: client.ApiClient) -> str:
+    info = client.VersionApi(api).get_code()
+    return f"{info.major}.{info.minor.rstrip('+')}"
+
+
+class _PerProcess:
+    """The TLS context holder of the current process (recreated after a fork)."""
+
+    pid = -1
+    context: Any = None
+
+    @classmethod
+    def get(cls, cert_file: str, key_file: str) -> Any:
+        from webhook.tls import ReloadingContext
+
+        if cls.pid != os.getpid():
+            cls.pid, cls.context = os.getpid(), ReloadingContext(cert_file, key_file)
+        return cls.context
+
+
+class WebhookApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn configured in code: no config file, no command line of its own."""
+
+    def __init__(self, settings: Settings, cert_file: str, key_file: str,
+                 on_ready: Any = None) -> None:
+        self.settings, self.cert_file, self.key_file = settings, cert_file, key_file
+        self.on_ready = on_ready
+        super().__init__(prog="shardmesh webhook")
+
+    def load_config(self) -> None:
+        s = self.settings
+        cert_file, key_file = self.cert_file, self.key_file
+
+        def ssl_context(_conf: Any, _default: Any) -> ssl.SSLContext:
+            context: ssl.SSLContext = _PerProcess.get(cert_file, key_file).get()
+            return context
+
+        values: dict[str, Any] = {
+            "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
+            "workers": s.workers,
+            "threads": s.threads,
+            "worker_class": "gthread",
+            "certfile": cert_file,
+            "keyfile": key_file,
+            "ssl_context": ssl_context,
+            "timeout": 30,
+            "graceful_timeout": 10,
+            "keepalive": 30,
+            "loglevel": s.log_level,
+            "accesslog": None,
+            "proc_name": "shardmesh-webhook",
+            "limit_request_line": 8190,
+            # No control socket: the root filesystem is read-only in the pod, and
+            # replicas on one machine (tests) would fight over the same path.
+            "control_socket_disable": True,
+        }
+        if self.on_ready is not None:
+            values["when_ready"] = lambda _server: self.on_ready()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            values["child_exit"] = _mark_dead
+        for key, value in values.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from webhook import namespaces
+        from webhook.server import create_app
+
+        s = self.settings
+        lookup = (namespaces.offline if s.offline
+                  else namespaces.NamespaceCache(api_client(s), s.namespace_cache_s))
+        tls = _PerProcess.get(self.cert_file, self.key_file)
+        return create_app(s, lookup, ready=tls.loaded)
+
+
+def _mark_dead(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def prepare(settings: Settings) -> tuple[Settings, str, str, Any]:
+    """Settings with the cluster version filled in, the certificate files, and the
+    callable that starts certificate rotation once gunicorn is up (or None)."""
+    if settings.offline:
+        return settings, settings.cert_file, settings.key_file, None
+    api = api_client(settings)
+    if settings.kube_version is None:
+        settings = dataclasses.replace(settings, kube_version=detect_kube_version(api))
+        event("detected the cluster version", kube_version=settings.kube_version,
+              native_sidecar=settings.native_sidecar)
+    if settings.cert_mode == "file":
+        return settings, settings.cert_file, settings.key_file, None
+    from webhook.certstore import CertStore, run_rotation
+
+    os.makedirs(settings.cert_dir, mode=0o700, exist_ok=True)
+    cert_file = os.path.join(settings.cert_dir, "tls.crt")
+    key_file = os.path.join(settings.cert_dir, "tls.key")
+    store = CertStore(api, settings)
+    store.sync(cert_file, key_file)
+    stop = threading.Event()
+    return settings, cert_file, key_file, lambda: run_rotation(
+        store, cert_file, key_file, settings.cert_check_s, stop)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        settings = load(argv, os.environ, DESCRIPTION)
+    except ValueError as err:
+        print(f"shardmesh webhook: {err}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shardmesh-metrics-")
+    try:
+        settings, cert_file, key_file, on_ready = prepare(settings)
+    except Exception as err:  # the message is all an operator needs; no traceback
+        print(f"shardmesh webhook: cannot start: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    for path in (cert_file, key_file):
+        if not os.path.isfile(path):
+            print(f"shardmesh webhook: certificate file '{path}' does not exist", file=sys.stderr)
+            return 1
+    event("starting", port=settings.port, workers=settings.workers, threads=settings.threads,
+          cert_mode=settings.cert_mode, offline=settings.offline)
+    WebhookApplication(settings, cert_file, key_file, on_ready).run()
+    return 0
