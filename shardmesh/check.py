@@ -43,9 +43,11 @@ from shardmesh.check_webhook import (
     webhook_findings,
     webhook_targets,
 )
+from webhook.settings import Settings as WebhookSettings
 
 DEFAULT_WEBHOOK_CONFIG = "shardmesh-sidecar-injector"
 DEFAULT_SIDECAR_CLUSTERROLE = "shardmesh-sidecar"
+DEFAULT_INJECTOR_NAMESPACE = WebhookSettings().injector_namespace
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class CheckSettings:
     json: bool
     #: Limit the rbac and sidecar checks to these namespaces (empty: all).
     namespaces: tuple[str, ...]
+    #: The injector's own namespace, whose pods are never injected.
+    injector_namespace: str = DEFAULT_INJECTOR_NAMESPACE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="WARN when a certificate expires sooner than this (default: 30)")
     parser.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                         help="check only these namespaces' RBAC and pods (repeatable)")
+    parser.add_argument("--injector-namespace", default=DEFAULT_INJECTOR_NAMESPACE, metavar="NS",
+                        help="the webhook's own namespace, never injected "
+                        f"(default: {DEFAULT_INJECTOR_NAMESPACE})")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     return parser
 
@@ -93,7 +100,7 @@ def settings_from(argv: list[str]) -> CheckSettings:
         build_parser().error(f"--expiry-warn-days must be >= 0, got {args.expiry_warn_days}")
     return CheckSettings(args.kubeconfig, args.context, args.webhook_config,
                          args.sidecar_clusterrole, args.expiry_warn_days, args.json,
-                         tuple(dict.fromkeys(args.namespace)))
+                         tuple(dict.fromkeys(args.namespace)), args.injector_namespace)
 
 
 def load_client(settings: CheckSettings) -> client.ApiClient:
@@ -121,7 +128,8 @@ def run(settings: CheckSettings, cluster: Cluster, now: datetime) -> list[Findin
     except ClusterError as err:
         return [Finding(FAIL, "webhook", str(err))]
     findings, targets = _webhook_section(settings, cluster, cfg, now)
-    excluded = frozenset(t.service.namespace for t in targets if t.service)
+    excluded = frozenset({settings.injector_namespace,
+                          *(t.service.namespace for t in targets if t.service)})
     findings += _guard("rbac/sidecar", lambda: _namespace_sections(settings, cluster, excluded))
     return findings
 

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 Status = Literal["OK", "WARN", "FAIL"]
 #: A Kubernetes object as the API serves it (``json.loads`` of the response).
-Obj = Mapping[str, Any]
+Obj = dict[str, Any]
 
 OK: Final[Status] = "OK"
 WARN: Final[Status] = "WARN"

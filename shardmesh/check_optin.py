@@ -1,9 +1,10 @@
 """Pure: which namespaces and pods are opted in, and which pods lack the sidecar.
 
-The opt-in rules mirror the webhook's (SPEC §1): ``shard.io/inject`` as an
-annotation or a label, on the pod or its namespace, the pod's setting winning;
-hostNetwork and mirror pods, the system namespaces, the injector's own and any
-namespace labelled ``shard.io/admission-webhooks=disabled`` are never injected.
+The opt-in rules are the webhook's own (``webhook.policy``, SPEC §1):
+``shard.io/inject`` as an annotation or a label, on the pod or its namespace,
+the pod's setting winning; hostNetwork and mirror pods, the system namespaces,
+the injector's own and (through the webhook's namespaceSelector) any namespace
+labelled ``shard.io/admission-webhooks=disabled`` are never injected.
 A pod that should carry ``shard-router`` but does not was created while the
 webhook was down (``failurePolicy: Ignore`` let it through): only re-creating
 it injects it.
@@ -16,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shardmesh.check_model import FAIL, OK, WARN, Finding, Obj, annotations_of, labels_of, name_of
-from sidecar.annotations import ADMISSION_WEBHOOKS_LABEL, INJECT, AnnotationError, parse_bool
+from sidecar.annotations import ADMISSION_WEBHOOKS_LABEL, INJECT
+from webhook.podview import MIRROR_ANNOTATION, SIDECAR_NAME, has_sidecar
+from webhook.policy import SYSTEM_NAMESPACES, SettingError, inject_setting
 
-SIDECAR: Final = "shard-router"
-SYSTEM_NAMESPACES: Final = frozenset({"kube-system", "kube-public", "kube-node-lease"})
-#: The kubelet marks the API mirror of a static pod with this annotation.
-MIRROR_ANNOTATION: Final = "kubernetes.io/config.mirror"
+SIDECAR: Final = SIDECAR_NAME
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,6 @@ class Scope:
     pods: Mapping[str, tuple[Obj, ...]]
     #: Invalid ``shard.io/inject`` values found on the way.
     problems: tuple[Finding, ...] = field(default=())
-
-
-def inject_setting(obj: Obj) -> bool | None:
-    """The object's ``shard.io/inject``, annotation before label; None when unset."""
-    for source in (annotations_of(obj), labels_of(obj)):
-        if INJECT in source:
-            return parse_bool(INJECT, str(source[INJECT]))
-    return None
 
 
 def never_injected(namespace: Obj | None, name: str, excluded: frozenset[str]) -> bool:
@@ -91,16 +83,10 @@ def opted_in(namespaces: Sequence[Obj], pods: Sequence[Obj], excluded: frozenset
 
 def _setting(obj: Obj, what: str, problems: list[Finding]) -> bool | None:
     try:
-        return inject_setting(obj)
-    except AnnotationError as err:
-        problems.append(Finding(WARN, "sidecar", f"{what}: {err}; the webhook rejects its pods"))
+        return inject_setting(obj, what)
+    except SettingError as err:
+        problems.append(Finding(WARN, "sidecar", f"{err}; the webhook rejects its pods"))
         return None
-
-
-def has_sidecar(pod: Obj) -> bool:
-    spec = pod.get("spec") or {}
-    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    return any(c.get("name") == SIDECAR for c in containers)
 
 
 def sidecar_findings(scope: Scope) -> list[Finding]:

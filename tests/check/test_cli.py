@@ -39,6 +39,7 @@ def test_defaults_match_the_installed_names() -> None:
     assert settings.webhook_config == "shardmesh-sidecar-injector"
     assert settings.sidecar_clusterrole == "shardmesh-sidecar"
     assert (settings.expiry_warn_days, settings.json, settings.namespaces) == (30, False, ())
+    assert settings.injector_namespace == "shardmesh-system"
 
 
 def test_unreadable_kubeconfig_exits_2_naming_the_file(

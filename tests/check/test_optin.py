@@ -53,6 +53,13 @@ def test_invalid_inject_value_is_reported_not_fatal() -> None:
     assert {f.status for f in scope.problems} == {"WARN"}
 
 
+def test_annotation_and_label_that_disagree_are_reported_like_the_webhook_does() -> None:
+    scope = opted_in([namespace("a")], [pod("p", "a", annotations=ON, labels=OFF)], frozenset())
+    [problem] = scope.problems
+    assert problem.status == "WARN" and problem.message.startswith("pod a/p: annotation")
+    assert scope.namespaces == ()
+
+
 @pytest.mark.parametrize(("sidecar_in", "missing"), [
     pytest.param("initContainers", False, id="native-sidecar"),
     pytest.param("containers", False, id="regular-container"),
