@@ -1,0 +1,105 @@
+"""Run the real ``shardmesh webhook`` (gunicorn, TLS) in a subprocess for tests and benchmarks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from webhook import certs
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_pair(directory: Path, lifetime: dt.timedelta = dt.timedelta(days=1)) -> certs.CertBundle:
+    """A fresh CA and serving certificate for 127.0.0.1/localhost in ``directory``."""
+    now = dt.datetime.now(dt.UTC)
+    bundle = certs.fresh(("localhost", HOST), now, lifetime, lifetime * 2)
+    certs.write_files(bundle.cert, bundle.key, str(directory / "tls.crt"),
+                      str(directory / "tls.key"))
+    (directory / "ca.crt").write_bytes(bundle.ca_bundle)
+    return bundle
+
+
+def client_context(cadata: bytes | None) -> ssl.SSLContext:
+    if cadata is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cadata=cadata.decode())
+
+
+def peer_serial(port: int) -> int:
+    """The serial number of the certificate the server presents right now."""
+    with socket.create_connection((HOST, port), timeout=5) as raw, \
+            client_context(None).wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+@dataclass
+class Webhook:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def connection(self, cadata: bytes | None) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(HOST, self.port, context=client_context(cadata),
+                                           timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start(args: Sequence[str], log: Path, port: int | None = None,
+          env: dict[str, str] | None = None, wait: float = 30.0) -> Webhook:
+    """Start ``shardmesh webhook`` and wait until ``/healthz`` answers over TLS."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "shardmesh", "webhook", "--host", HOST, "--port", str(port),
+            *args]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    hook = Webhook(proc, port, log)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"webhook exited with {proc.returncode}:\n{hook.logs()}")
+        try:
+            conn = hook.connection(None)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return hook
+        except OSError:
+            pass
+        time.sleep(0.1)
+    hook.stop()
+    raise RuntimeError(f"webhook not ready on port {port} after {wait}s:\n{hook.logs()}")

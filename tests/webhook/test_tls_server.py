@@ -1,0 +1,161 @@
+"""The real server: gunicorn with two workers over TLS, on 127.0.0.1, offline, file mode.
+
+The golden cases that need no namespace object go through it too, so the
+bytes on the wire match what the Flask test client saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.webhook import serving
+from tests.webhook.golden import TESTDATA, load_input, pod_of, review
+from tests.webhook.test_golden import EXPLICIT
+from webhook import patch
+
+
+@pytest.fixture(scope="module")
+def certdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("certs")
+    serving.write_pair(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server(certdir: Path) -> Iterator[serving.Webhook]:
+    hook = serving.start(
+        ["--offline", "--cert-mode", "file", "--cert-file", str(certdir / "tls.crt"),
+         "--key-file", str(certdir / "tls.key"), "--workers", "2", "--threads", "4",
+         "--max-body-bytes", "262144"],
+        certdir / "webhook.log")
+    yield hook
+    hook.stop()
+
+
+def post(server: serving.Webhook, cadata: bytes, body: bytes) -> tuple[int, Any]:
+    conn = server.connection(cadata)
+    conn.request("POST", "/mutate", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data)
+
+
+def simple_cases() -> list[Any]:
+    """Cases that need neither a namespace object nor a setting (offline has neither)."""
+    out = []
+    for path in sorted(TESTDATA.glob("*.yaml")):
+        _, namespace_obj, _ = load_input(path)
+        if not namespace_obj and path.stem not in EXPLICIT:
+            out.append(pytest.param(path, id=path.stem))
+    return out
+
+
+@pytest.mark.parametrize("path", simple_cases())
+def test_golden_over_tls(server: serving.Webhook, certdir: Path, path: Path) -> None:
+    pod, _, namespace = load_input(path)
+    status, answer = post(server, (certdir / "ca.crt").read_bytes(),
+                          json.dumps(review(pod, namespace, False)).encode())
+    assert status == 200
+    response = answer["response"]
+    golden = path.with_name(path.name + ".injected").read_text()
+    header, _, body = golden.partition("\n")
+    assert header == f"# decision: {response['auditAnnotations']['decision']}"
+    if response["allowed"]:
+        ops = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
+        assert patch.apply(pod, ops) == pod_of(body)
+    else:
+        assert response["status"]["message"] + "\n" == body
+
+
+def test_malformed_and_oversized_reviews(server: serving.Webhook, certdir: Path) -> None:
+    ca = (certdir / "ca.crt").read_bytes()
+    assert post(server, ca, b"{")[0] == 400
+    status, answer = post(server, ca, b" " * 300_000)
+    assert status == 413 and "larger than 262144 bytes" in answer["message"]
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
+@pytest.mark.parametrize(
+    ("version", "accepted"),
+    [
+        pytest.param(ssl.TLSVersion.TLSv1_1, False, id="tls1.1-refused"),
+        pytest.param(ssl.TLSVersion.TLSv1_2, True, id="tls1.2"),
+        pytest.param(ssl.TLSVersion.TLSv1_3, True, id="tls1.3"),
+    ],
+)
+def test_tls_versions(server: serving.Webhook, version: ssl.TLSVersion, accepted: bool) -> None:
+    import socket
+
+    ctx = serving.client_context(None)
+    ctx.minimum_version = ctx.maximum_version = version
+    if version < ssl.TLSVersion.TLSv1_2:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    try:
+        with socket.create_connection((serving.HOST, server.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as tls:
+            negotiated = tls.version()
+    except ssl.SSLError as err:
+        # The server's alert, not the client refusing to offer the version.
+        assert err.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
+        negotiated = None
+    assert (negotiated is not None) is accepted
+
+
+def test_plain_http_is_refused(server: serving.Webhook) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection(serving.HOST, server.port, timeout=5)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        conn.request("GET", "/healthz")
+        conn.getresponse()
+
+
+def test_metrics_add_up_across_workers(server: serving.Webhook, certdir: Path) -> None:
+    ca = (certdir / "ca.crt").read_bytes()
+    pod, _, namespace = load_input(TESTDATA / "not-enabled.yaml")
+
+    def skipped_count() -> float:
+        conn = server.connection(ca)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        for line in text.splitlines():
+            if line.startswith("shardmesh_webhook_decisions_total{") and \
+                    'reason="injection_not_enabled"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = skipped_count()
+    for _ in range(12):  # fresh connections, spread over both workers
+        assert post(server, ca, json.dumps(review(pod, namespace, False)).encode())[0] == 200
+    assert skipped_count() == before + 12
+
+
+def test_certificate_files_are_reloaded_without_restart(server: serving.Webhook,
+                                                        certdir: Path) -> None:
+    old = serving.peer_serial(server.port)
+    pid = server.proc.pid
+    bundle = serving.write_pair(certdir)  # a new CA and a new serving certificate
+    from cryptography import x509
+
+    new = x509.load_pem_x509_certificate(bundle.cert).serial_number
+    assert new != old
+    deadline = time.monotonic() + 10
+    seen: list[int] = []
+    while time.monotonic() < deadline:
+        seen = [serving.peer_serial(server.port) for _ in range(8)]  # both workers
+        if set(seen) == {new}:
+            break
+        time.sleep(0.2)
+    assert set(seen) == {new}
+    assert server.proc.poll() is None and server.proc.pid == pid
+    # And the new chain is what clients verify against now.
+    assert post(server, bundle.ca_bundle, b"{")[0] == 400
