@@ -424,9 +424,11 @@ class Exchange:
             self.close_after = True
         self.status = error.status
         ordinal = error.details.get("ordinal")
-        self.conn.write(render(error, close=self.close_after,
-                               ordinal=ordinal if isinstance(ordinal, int) else None))
+        conn = self.conn
+        conn.write(render(error, close=self.close_after,
+                          ordinal=ordinal if isinstance(ordinal, int) else None))
         self.done()
+        conn.flush()  # may run from a task or timer, outside data_received
 
     def local(self, response: bytes) -> None:
         """Answer an introspection request."""
@@ -498,7 +500,10 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         #: Nothing more is parsed (after a protocol error or an upgrade request).
         self.ignore_input = False
+        #: Bytes received while a head is incomplete (caps what httptools buffers).
         self.head_bytes = 0
+        #: Bytes of the current request's header lines.
+        self.header_bytes = 0
         self.in_head = False
 
     # --- asyncio.Protocol -----------------------------------------------------
@@ -564,7 +569,7 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = exchange
         self.queue.append(exchange)
         self.in_head = True
-        self.head_bytes = 0
+        self.head_bytes = self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
@@ -577,6 +582,10 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.ctx.settings.max_header_bytes:
+            raise ProxyError("headers_too_large",
+                             f"request headers are over {self.ctx.settings.max_header_bytes} bytes")
         lname = name.lower()
         if lname in http11.REQUEST_SPECIAL:
             if lname == b"content-length":

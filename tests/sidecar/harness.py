@@ -16,6 +16,8 @@ from sidecar.app import RouteSource, Sidecar
 from sidecar.cli import build_parser
 from sidecar.settings import Settings, build_settings
 
+Headers = dict[str, str] | dict[str, str | bytes] | dict[str, bytes]
+
 
 def settings_from_args(argv: list[str], env: dict[str, str] | None = None) -> Settings:
     """Settings exactly as ``shardmesh sidecar ARGV`` would build them (ports default to 0)."""
@@ -80,7 +82,7 @@ class SidecarThread:
         self._thread.join(10)
 
 
-def request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+def request(port: int, method: str, path: str, headers: Headers | None = None,
             body: bytes | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, lower-cased headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -92,7 +94,7 @@ def request(port: int, method: str, path: str, headers: dict[str, str] | None = 
         conn.close()
 
 
-def get_json(port: int, path: str, headers: dict[str, str] | None = None,
+def get_json(port: int, path: str, headers: Headers | None = None,
              ) -> tuple[int, dict[str, str], Any]:
     status, head, body = request(port, "GET", path, headers)
     return status, head, json.loads(body) if body else None
