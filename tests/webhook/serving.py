@@ -81,14 +81,24 @@ class Webhook:
 
 def start(args: Sequence[str], log: Path, port: int | None = None,
           env: dict[str, str] | None = None, wait: float = 30.0) -> Webhook:
-    """Start ``shardmesh webhook`` and wait until ``/healthz`` answers over TLS."""
+    """Start ``shardmesh webhook`` and wait until ``/readyz`` answers over TLS."""
+    return wait_ready(spawn(args, log, port, env), wait)
+
+
+def spawn(args: Sequence[str], log: Path, port: int | None = None,
+          env: dict[str, str] | None = None) -> Webhook:
+    """Start ``shardmesh webhook`` without waiting."""
     port = port or free_port()
     argv = [sys.executable, "-m", "shardmesh", "webhook", "--host", HOST, "--port", str(port),
             *args]
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
-    hook = Webhook(proc, port, log)
+    return Webhook(proc, port, log)
+
+
+def wait_ready(hook: Webhook, wait: float = 30.0) -> Webhook:
+    proc, port = hook.proc, hook.port
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
