@@ -31,7 +31,7 @@ import urllib3
 from kubernetes import client, config
 
 from shardmesh.check_cluster import Cluster, ClusterError
-from shardmesh.check_model import FAIL, Finding, worst
+from shardmesh.check_model import FAIL, Finding, Obj, worst
 from shardmesh.check_optin import opted_in, sidecar_findings
 from shardmesh.check_probe import probe
 from shardmesh.check_rbac import rbac_findings, requirements
@@ -123,11 +123,13 @@ def load_client(settings: CheckSettings) -> client.ApiClient:
 
 
 def run(settings: CheckSettings, cluster: Cluster, now: datetime) -> list[Finding]:
+    targets: list[WebhookTarget] = []
     try:
         cfg = cluster.webhook_config(settings.webhook_config)
-    except ClusterError as err:
-        return [Finding(FAIL, "webhook", str(err))]
-    findings, targets = _webhook_section(settings, cluster, cfg, now)
+    except ClusterError as err:  # e.g. forbidden: the other checks may still run
+        findings = [Finding(FAIL, "webhook", str(err))]
+    else:
+        findings, targets = _webhook_section(settings, cluster, cfg, now)
     excluded = frozenset({settings.injector_namespace,
                           *(t.service.namespace for t in targets if t.service)})
     findings += _guard("rbac/sidecar", lambda: _namespace_sections(settings, cluster, excluded))
@@ -135,11 +137,10 @@ def run(settings: CheckSettings, cluster: Cluster, now: datetime) -> list[Findin
 
 
 def _webhook_section(
-    settings: CheckSettings, cluster: Cluster, cfg: object, now: datetime
+    settings: CheckSettings, cluster: Cluster, cfg: Obj | None, now: datetime
 ) -> tuple[list[Finding], list[WebhookTarget]]:
     if cfg is None:
         return [missing_config_finding(settings.webhook_config)], []
-    assert isinstance(cfg, dict)
     targets = webhook_targets(cfg)
     if not targets:
         return [no_webhooks_finding(settings.webhook_config)], []
