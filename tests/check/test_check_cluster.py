@@ -13,9 +13,11 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -26,6 +28,12 @@ from tests.cluster.waiting import wait_for
 pytestmark = pytest.mark.cluster
 
 Register = Callable[..., str]
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+
+
+def manifest(path: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((MANIFESTS / path).read_text())
+    return loaded
 
 
 def inert_webhook(name: str, namespace: str, client_config: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +202,31 @@ def test_service_webhook_without_endpoints(control_plane: Any, namespace: str,
     assert proxy in reach["message"]
 
 
+def test_the_shipped_configuration_before_the_webhook_runs(
+    control_plane: Any, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """manifests/ as applied, before the webhook patched caBundle and with no Service yet."""
+    api = client.AdmissionregistrationV1Api(control_plane.api_client())
+    shipped = manifest("base/mutatingwebhookconfiguration.yaml")
+    name = f"shipped-{namespace}"
+    shipped["metadata"]["name"] = name
+    for hook in shipped["webhooks"]:  # inert: intercepts nothing while the suite runs
+        hook["objectSelector"] = {"matchLabels": {"shardmesh.test/never": "true"}}
+    api.create_mutating_webhook_configuration(shipped)
+    try:
+        code, findings = check(control_plane, capsys, "--webhook-config", name,
+                               "--namespace", namespace)
+    finally:
+        api.delete_mutating_webhook_configuration(name)
+    assert code == 1
+    hook_name = shipped["webhooks"][0]["name"]
+    service = shipped["webhooks"][0]["clientConfig"]["service"]
+    reach = only(findings, "webhook")
+    assert f"webhook '{hook_name}' of MutatingWebhookConfiguration '{name}'" in reach["message"]
+    assert f"Service {service['namespace']}/{service['name']} not found" in reach["message"]
+    assert "caBundle is empty" in only(findings, "ca-bundle")["message"]
+
+
 def _label_opted_in(control_plane: Any, namespace: str) -> None:
     control_plane.kubectl("label", "namespace", namespace, "shard.io/inject=true")
 
@@ -220,10 +253,9 @@ def test_missing_rbac_then_the_suggested_rolebinding_fixes_it(
         assert f"service account 'client' in namespace '{namespace}' cannot" in denied["message"]
         assert "get/list/watch statefulsets.apps; get/list/watch pods" in denied["message"]
 
-        verbs = ["get", "list", "watch"]
-        rbac.create_cluster_role({"metadata": {"name": role}, "rules": [
-            {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": verbs},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": verbs}]})
+        # The shipped ClusterRole's rules, under this test's own name.
+        shipped = manifest("base/sidecar-clusterrole.yaml")
+        rbac.create_cluster_role({"metadata": {"name": role}, "rules": shipped["rules"]})
         _, findings = check(control_plane, capsys, *args)
         assert not [f for f in findings if "ClusterRole" in f["message"]]
         [hint] = only(findings, "rbac", "service account 'client'")["hints"]
