@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 GO_MOD = HERE / "go.mod"
 BUILD_SCRIPT = HERE / "build.sh"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+STAMP = ".complete"  # build.sh writes it last: without it a build was cut short
 INSTALL_HINT = (
     "cluster tests need Go >= 1.26 to build the control plane: "
     "install golang and run 'make cluster-bins'"
@@ -57,8 +58,9 @@ def binaries_dir() -> Path:
 
 
 def missing(directory: Path) -> list[str]:
-    """Names of the executables not (yet) in ``directory``."""
-    return [name for name in BINARIES if not os.access(directory / name, os.X_OK)]
+    """Names of the executables (or the build stamp) not (yet) in ``directory``."""
+    absent = [name for name in BINARIES if not os.access(directory / name, os.X_OK)]
+    return absent if (directory / STAMP).is_file() else [*absent, STAMP]
 
 
 def have_go() -> bool:

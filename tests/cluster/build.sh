@@ -10,7 +10,12 @@ cache="${SHARDMESH_CACHE:-$HOME/.cache/shardmesh}"
 out="$cache/bin-$version"
 bins=(kube-apiserver kube-controller-manager kubectl etcd)
 
-have_all() { for b in "${bins[@]}"; do [ -x "$out/$b" ] || return 1; done; }
+# The stamp is written last, so a build that was cut short is redone.
+stamp="$out/.complete"
+have_all() {
+  for b in "${bins[@]}"; do [ -x "$out/$b" ] || return 1; done
+  [ -f "$stamp" ]
+}
 if have_all; then
   echo "control plane $version: cached in $out"
   exit 0
@@ -25,10 +30,17 @@ echo "control plane $version: building into $out (first time only; several minut
 mkdir -p "$out.tmp"
 cd "$here"
 start=$(date +%s)
-go build -trimpath -ldflags "-s -w" -o "$out.tmp/" \
+# Stamp the real version in (a module build otherwise reports v0.0.0-master).
+minor="$(echo "$version" | cut -d. -f2)"
+vpkg=k8s.io/component-base/version
+ldflags="-s -w -X $vpkg.gitVersion=$version -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
+ldflags="$ldflags -X $vpkg.gitTreeState=clean"
+ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$version"
+go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kubectl \
   ./etcd
+echo "$version" >"$out.tmp/.complete"
 rm -rf "$out" && mv "$out.tmp" "$out"
 echo "control plane $version: built in $(( $(date +%s) - start ))s"
