@@ -73,7 +73,10 @@ class CheckSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardmesh check", description=__doc__.splitlines()[0])
+    summary, _, details = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="shardmesh check", description=summary.replace("``shardmesh check``: ", ""),
+        epilog=details.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, "
                         "~/.kube/config, then the in-cluster service account)")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
