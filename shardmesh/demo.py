@@ -89,7 +89,12 @@ def show_injection() -> None:
         else "containers"
     say(f"  + container shard-router in {where}")
     say(f"      command: {' '.join(router.get('command', []) + router.get('args', []))}")
-    say("      probes:  /readyz and /healthz on :15020, runAsNonRoot, readOnlyRootFilesystem")
+    probes = [router[p]["httpGet"] for p in ("readinessProbe", "livenessProbe") if p in router]
+    described = [f"{g['path']} on :{g['port']}" for g in probes]
+    say(f"      probes:  {', '.join(described)}")
+    security = router.get("securityContext", {})
+    flags = [f"{k}={v}" for k, v in security.items() if not isinstance(v, dict)]
+    say(f"      securityContext: {', '.join(flags)}")
     say(f"  + volumes:   {', '.join(v['name'] for v in spec.get('volumes', []))}")
     say(f"  + annotation shard.io/status: {meta['annotations'].get('shard.io/status')}")
 
@@ -173,10 +178,10 @@ def request(port: int, method: str, path: str) -> tuple[int, dict[str, str], Any
 
 
 def drive(port: int, accounts: list[str]) -> dict[str, dict[str, Any]]:
-    """Deposit into every account (1 to 3 times each); return the last answer per account."""
+    """Deposit into every account (1 to 4 times each); return the last answer per account."""
     answers: dict[str, dict[str, Any]] = {}
     for n, account in enumerate(accounts):
-        for _ in range(1 + n % 3):
+        for _ in range(1 + (n // 3) % 4):
             status, headers, body = request(port, "POST", f"/{ROUTE}/accounts/{account}/deposit")
             if status != 200:
                 raise DemoFailure(f"deposit for account {account} answered {status}: {body}")
