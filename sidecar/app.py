@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -59,6 +60,7 @@ class Sidecar:
         self.registry = registry_for(StatsCollector(self.stats, lambda: self.map.generation,
                                                     self._sync_ages))
         self.servers: list[asyncio.Server] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
         self.admin_port = 0
         self.started_at = time.monotonic()
@@ -106,9 +108,18 @@ class Sidecar:
                 ahost, aport, reuse_address=True)
             self.servers.append(admin)
             self.admin_port = admin.sockets[0].getsockname()[1]
+        self.tasks.append(loop.create_task(self._expire_timeouts()))
         await self.source.start()
         log.info("sidecar listening on %s:%d (admin %s)", host, self.port,
                  f"{self.settings.admin[0]}:{self.admin_port}" if self.settings.admin else "off")
+
+    async def _expire_timeouts(self) -> None:
+        """Upstream timeouts: one sweep every 50 ms instead of a timer per request."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.05)
+            if self.ctx.inflight:
+                self.ctx.expire(loop.time())
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""
@@ -126,6 +137,8 @@ class Sidecar:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        for task in self.tasks:
+            task.cancel()
         await self.source.stop()
         self.pools.close()
         for conn in list(self.ctx.connections):
@@ -135,6 +148,9 @@ class Sidecar:
 async def serve(settings: Settings) -> int:
     sidecar = Sidecar(settings)
     await sidecar.start()
+    # Start-up objects (the Kubernetes client's modules, mostly) never die: keep them out of
+    # every future collection so gen-2 passes stay short under load.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

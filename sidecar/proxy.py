@@ -28,8 +28,8 @@ from sidecar.errors import ProxyError, json_response, render
 from sidecar.introspect import introspect
 from sidecar.metrics import Stats
 from sidecar.settings import Settings
-from sidecar.shardmap import Resolution, RouteState, ShardMap, resolve
-from sidecar.upstream import Pools, UpstreamConnection
+from sidecar.shardmap import RouteState, Shard, ShardMap, resolve
+from sidecar.upstream import Pool, Pools, UpstreamConnection
 
 log = logging.getLogger("shardmesh.sidecar.proxy")
 
@@ -49,50 +49,61 @@ class Context:
         self.settings, self.map, self.pools, self.stats = settings, shard_map, pools, stats
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        #: Exchanges waiting for a response head (an ordered set: dict keys), for timeouts.
+        self.inflight: dict[Exchange, None] = {}
+
+    def expire(self, now: float) -> None:
+        """Answer 504 for every exchange whose backend is past its deadline."""
+        late = [e for e in self.inflight if e.deadline <= now]
+        for exchange in late:
+            self.inflight.pop(exchange, None)
+            exchange.on_timeout()
+            exchange.conn.flush()
 
 
 class Exchange:
-    """One request and its response."""
+    """One request and its response.
 
-    __slots__ = (
-        "conn", "method", "url", "headers", "content_length", "chunked", "expect_continue",
-        "keep_alive", "http10", "headers_done", "request_done", "pending", "pending_bytes",
-        "discard", "upstream", "resolution", "task", "timer", "started", "status",
-        "response_started", "response_chunked", "response_close", "finished", "json_mode",
-        "close_after", "drop", "retried", "state", "target",
-    )
+    No ``__slots__``: most attributes keep their class default for the whole
+    exchange, and setting only the few that change is what makes it cheap.
+    """
+
+    method = b""
+    url = b""
+    content_length: bytes | None = None
+    chunked = False
+    expect_continue = False
+    keep_alive = True
+    http10 = False
+    headers_done = False
+    request_done = False
+    pending_bytes = 0
+    discard = False
+    upstream: UpstreamConnection | None = None
+    state: RouteState | None = None
+    ordinal = -1
+    shard: Shard | None = None
+    task: asyncio.Task[None] | None = None
+    deadline = 0.0
+    started = 0.0
+    status = 0
+    response_started = False
+    response_chunked = False
+    finished = False
+    json_mode = False
+    close_after = False
+    drop: frozenset[bytes] = frozenset()
+    retried = False
+    target = b""
+    head_base = 0
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
-        self.method = b""
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes, bytes]] = []
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.expect_continue = False
-        self.keep_alive = True
-        self.http10 = False
-        self.headers_done = False
-        self.request_done = False
+        #: The upstream head as it is built: [request line, name, ": ", value, CRLF, ...].
+        self.head: list[bytes] = [b""]
+        #: Lower-cased header name -> first value, for the key lookup.
+        self.lookup: dict[bytes, bytes] = {}
         self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.discard = False
-        self.upstream: UpstreamConnection | None = None
-        self.resolution: Resolution | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.started = 0.0
-        self.status = 0
-        self.response_started = False
-        self.response_chunked = False
-        self.response_close = False
-        self.finished = False
-        self.json_mode = False
-        self.close_after = False
-        self.drop: frozenset[bytes] = frozenset()
-        self.retried = False
-        self.state: RouteState | None = None
-        self.target = b""
 
     @property
     def has_body(self) -> bool:
@@ -111,46 +122,50 @@ class Exchange:
                                  "is not /<route>/<path>"))
             return
         name, self.target, rest, query = parts
+        state = conn.ctx.map.routes.get(name)
+        if state is None:
+            self.no_route(name, rest, query)
+            return
+        self.state = state
+        source = state.spec.key
+        if source.kind == "header":
+            try:
+                key = keys.from_header(self.lookup.get(state.key_header), source)
+            except ProxyError as err:
+                self.fail(err)
+                return
+        elif source.kind == "json":
+            self.start_json()
+            return
+        else:
+            try:
+                key = keys.from_query(query, source) if source.kind == "query" else \
+                    keys.from_path(rest, source)
+            except ProxyError as err:
+                self.fail(err)
+                return
+        self.route_key(state, key)
+
+    def no_route(self, name: bytes, rest: bytes, query: bytes) -> None:
+        conn = self.conn
         if name == b"_shard":
             self.local(introspect(conn.ctx.map, self.method, rest, query))
             return
-        state = conn.ctx.map.routes.get(name)
-        if state is None:
-            route = name.decode("latin-1")
-            self.fail(ProxyError("unknown_route", f"no route '{route}' (known: "
-                                 f"{', '.join(sorted(r.decode() for r in conn.ctx.map.routes))})",
-                                 route=route))
-            return
-        self.state = state
-        if state.spec.key.kind == "json":
-            self.json_mode = True
-            conn.unblock(_BLOCK_PENDING)  # a json: key reads up to max_json_body first
-            self.check_json_size()
-            if self.finished:
-                return
-            if self.expect_continue and not self.request_done:
-                conn.write(http11.CONTINUE)
-            if self.request_done:
-                self.route_json()
-            return
-        try:
-            key = self.key_from_head(state, rest, query)
-        except ProxyError as err:
-            self.fail(err)
-            return
-        self.route_key(state, key)
+        route = name.decode("latin-1")
+        known = ", ".join(sorted(r.decode() for r in conn.ctx.map.routes)) or "none"
+        self.fail(ProxyError("unknown_route", f"no route '{route}' (known: {known})", route=route))
 
-    def key_from_head(self, state: RouteState, rest: bytes, query: bytes) -> str:
-        source = state.spec.key
-        if source.kind == "header":
-            wanted = state.key_header
-            for lname, _, value in self.headers:
-                if lname == wanted:
-                    return keys.from_header(value, source)
-            return keys.from_header(None, source)
-        if source.kind == "query":
-            return keys.from_query(query, source)
-        return keys.from_path(rest, source)
+    def start_json(self) -> None:
+        conn = self.conn
+        self.json_mode = True
+        conn.unblock(_BLOCK_PENDING)  # a json: key reads up to max_json_body first
+        self.check_json_size()
+        if self.finished:
+            return
+        if self.expect_continue and not self.request_done:
+            conn.write(http11.CONTINUE)
+        if self.request_done:
+            self.route_json()
 
     def route_json(self) -> None:
         assert self.state is not None
@@ -165,27 +180,28 @@ class Exchange:
 
     def route_key(self, state: RouteState, key: str) -> None:
         try:
-            resolution = resolve(state, key)
+            ordinal, shard = resolve(state, key)
         except ProxyError as err:
             if state.spec.wait_ms and err.code in ("shard_unavailable", "shard_map_not_ready"):
                 self.task = self.conn.loop.create_task(self.wait_for_shard(state.spec.name, key))
                 return
             self.fail(err)
             return
-        self.send(resolution)
+        self.send(state, ordinal, shard)
 
     async def wait_for_shard(self, route: str, key: str) -> None:
         """``wait:<ms>``: re-resolve on every map change until ready or the wait is over."""
         ctx = self.conn.ctx
         loop = self.conn.loop
-        deadline = self.started + ctx.map.get(route).spec.wait_ms / 1000  # type: ignore[union-attr]
+        assert self.state is not None
+        deadline = self.started + self.state.spec.wait_ms / 1000
         while True:
             state = ctx.map.get(route)
             if state is None:
                 self.fail(ProxyError("unknown_route", f"route '{route}' was removed", route=route))
                 return
             try:
-                resolution = resolve(state, key)
+                ordinal, shard = resolve(state, key)
             except ProxyError as err:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -199,26 +215,24 @@ class Exchange:
                     pass
                 continue
             self.task = None
-            self.send(resolution)
+            self.send(state, ordinal, shard)
             return
 
-    def send(self, resolution: Resolution) -> None:
+    def send(self, state: RouteState, ordinal: int, shard: Shard) -> None:
         """Forward to the resolved ordinal: an idle pooled connection now, else connect."""
-        self.resolution = resolution
-        shard = resolution.shard
-        assert shard.address is not None
-        pool = self.conn.ctx.pools.get(resolution.route.spec.name, resolution.ordinal,
-                                       shard.address)
+        self.state, self.ordinal, self.shard = state, ordinal, shard
+        pool = state.pools.get(ordinal)
+        if pool is None:
+            assert shard.address is not None
+            pool = state.pools[ordinal] = self.conn.ctx.pools.get(state.spec.name, ordinal,
+                                                                  shard.address)
         upstream = pool.take_idle()
         if upstream is None:
             self.task = self.conn.loop.create_task(self.connect_and_send(pool))
         else:
             self.attach(upstream)
 
-    async def connect_and_send(self, pool: object) -> None:
-        from sidecar.upstream import Pool
-
-        assert isinstance(pool, Pool)
+    async def connect_and_send(self, pool: Pool) -> None:
         ctx = self.conn.ctx
         stats = ctx.stats
         error: Exception | None = None
@@ -244,35 +258,36 @@ class Exchange:
 
     def attach(self, upstream: UpstreamConnection) -> None:
         """Send the head (and any body already read) on ``upstream``."""
-        resolution = self.resolution
-        assert resolution is not None
+        state = self.state
+        assert state is not None
         conn = self.conn
         self.upstream = upstream
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
-        drop = self.drop
-        for lname, name, value in self.headers:
-            if not drop or lname not in drop:
-                parts += (name, b": ", value, b"\r\n")
-        parts.append(http11.shard_headers(resolution.ordinal, resolution.route.count))
+        head = self.head
+        self.head_base = len(head)
+        if self.drop:
+            head = _without(head, self.drop)
+        head[0] = b"%b %b HTTP/1.1\r\n" % (self.method, self.target)
+        head.append(http11.shard_headers(self.ordinal, state.count))
         if self.chunked:
-            parts.append(http11.CHUNKED)
+            head.append(http11.CHUNKED)
         elif self.content_length is not None:
-            parts += (b"Content-Length: ", self.content_length, b"\r\n")
-        parts.append(b"\r\n")
+            head += (b"Content-Length: ", self.content_length, b"\r\n")
+        head.append(b"\r\n")
         if self.pending:
             if self.chunked:
-                parts += [http11.chunk(p) for p in self.pending]
+                head += [http11.chunk(p) for p in self.pending]
             else:
-                parts += self.pending
+                head += self.pending
             self.pending, self.pending_bytes = [], 0
             conn.unblock(_BLOCK_PENDING)
         if self.request_done and self.chunked:
-            parts.append(http11.LAST_CHUNK)
+            head.append(http11.LAST_CHUNK)
         if self.expect_continue and not self.request_done and not self.json_mode:
             conn.write(http11.CONTINUE)
             conn.flush()
-        upstream.start(self, b"".join(parts), self.method == _HEAD)
-        self.timer = conn.loop.call_later(resolution.route.spec.timeout_s, self.on_timeout)
+        self.deadline = conn.loop.time() + state.spec.timeout_s
+        conn.ctx.inflight[self] = None
+        upstream.start(self, b"".join(head), self.method == _HEAD)
         if conn.write_paused and upstream.transport is not None:
             upstream.transport.pause_reading()
 
@@ -306,54 +321,47 @@ class Exchange:
         if upstream is not None:
             if self.chunked and upstream.transport is not None:
                 upstream.transport.write(http11.LAST_CHUNK)
-        elif self.json_mode and self.state is not None and self.task is None and \
-                self.headers_done and self.conn.queue and self.conn.queue[0] is self:
+        elif self.json_mode and self.task is None and self.headers_done and \
+                self.conn.queue and self.conn.queue[0] is self:
             self.route_json()
 
     # --- response side (UpstreamListener) ------------------------------------
 
     def on_response_head(self, up: UpstreamConnection) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        resolution = self.resolution
-        assert resolution is not None
-        self.status = status = up.status
         conn = self.conn
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, up.reason)]
-        for name, value in up.headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(http11.ordinal_header(resolution.ordinal))
-        no_body = self.method == _HEAD or status in http11.NO_BODY_STATUS
+        conn.ctx.inflight.pop(self, None)
+        self.status = status = up.status
+        head = up.head
+        head[0] = b"HTTP/1.1 %d %b\r\n" % (status, up.reason)
+        head.append(http11.ordinal_header(self.ordinal))
         if up.content_length is not None:
-            parts += (b"Content-Length: ", up.content_length, b"\r\n")
-        elif not no_body:
+            head += (b"Content-Length: ", up.content_length, b"\r\n")
+        elif self.method != _HEAD and status not in http11.NO_BODY_STATUS:
             if self.http10:
-                self.response_close = True  # HTTP/1.0 has no chunked: the close ends the body
+                self.close_after = True  # HTTP/1.0 has no chunked: the close ends the body
             else:
                 self.response_chunked = True
-                parts.append(http11.CHUNKED)
-        close = not self.keep_alive or self.response_close or conn.ctx.draining
-        if close:
+                head.append(http11.CHUNKED)
+        if self.close_after or not self.keep_alive or conn.ctx.draining:
             self.close_after = True
-            parts.append(http11.CLOSE)
+            head.append(http11.CLOSE)
         elif self.http10:
-            parts.append(http11.KEEP_ALIVE)
-        parts.append(b"\r\n")
+            head.append(http11.KEEP_ALIVE)
+        head.append(b"\r\n")
         self.response_started = True
-        conn.write(b"".join(parts))
+        conn.out += head
 
     def on_response_body(self, data: bytes) -> None:
         if self.response_chunked:
-            self.conn.write(http11.chunk(data))
+            self.conn.out.append(http11.chunk(data))
         else:
-            self.conn.write(data)
+            self.conn.out.append(data)
 
     def on_response_done(self, up: UpstreamConnection) -> None:
         if self.finished:
             return
         if self.response_chunked:
-            self.conn.write(http11.LAST_CHUNK)
+            self.conn.out.append(http11.LAST_CHUNK)
         # Reusable only if the backend got the whole request; else it may still be reading it.
         up.finish(reusable=self.request_done and not self.discard)
         self.upstream = None
@@ -363,26 +371,25 @@ class Exchange:
         if self.finished:
             return
         self.upstream = None
-        resolution = self.resolution
-        assert resolution is not None
+        state = self.state
+        assert state is not None and self.shard is not None
         if self.response_started:
             # Mid-body: the client must not take a cut response for a whole one.
-            log.warning("route %s ordinal %d: %s mid-response", resolution.route.spec.name,
-                        resolution.ordinal, error)
+            log.warning("route %s ordinal %d: %s mid-response", state.spec.name, self.ordinal,
+                        error)
             self.conn.abort()
             return
         if (up.used and not up.got_bytes and not self.retried and not self.has_body
                 and self.method in _RETRY_METHODS):
             # A pooled connection the backend had already closed: no request reached it.
             self.retried = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            self.send(resolution)
+            self.conn.ctx.inflight.pop(self, None)
+            del self.head[self.head_base:]
+            self.send(state, self.ordinal, self.shard)
             return
-        self.fail(ProxyError("upstream_error", f"ordinal {resolution.ordinal} of route "
-                             f"'{resolution.route.spec.name}': {error}",
-                             route=resolution.route.spec.name, ordinal=resolution.ordinal))
+        self.fail(ProxyError("upstream_error", f"ordinal {self.ordinal} of route "
+                             f"'{state.spec.name}': {error}", route=state.spec.name,
+                             ordinal=self.ordinal))
 
     def on_upstream_full(self) -> None:
         self.conn.block(_BLOCK_UPSTREAM)
@@ -394,16 +401,14 @@ class Exchange:
         self.conn.flush()
 
     def on_timeout(self) -> None:
-        self.timer = None
         if self.finished or self.response_started:
             return
-        resolution = self.resolution
-        assert resolution is not None
-        spec = resolution.route.spec
-        self.fail(ProxyError("upstream_timeout", f"ordinal {resolution.ordinal} of route "
+        state = self.state
+        assert state is not None
+        spec = state.spec
+        self.fail(ProxyError("upstream_timeout", f"ordinal {self.ordinal} of route "
                              f"'{spec.name}' did not answer within {spec.timeout_s:g}s",
-                             route=spec.name, ordinal=resolution.ordinal))
-        self.conn.flush()
+                             route=spec.name, ordinal=self.ordinal))
 
     # --- endings --------------------------------------------------------------
 
@@ -432,8 +437,6 @@ class Exchange:
 
     def local(self, response: bytes) -> None:
         """Answer an introspection request."""
-        if not self.request_done:
-            self.discard = True
         self.status = int(response[9:12])
         if not self.keep_alive or self.conn.ctx.draining:
             self.close_after = True
@@ -443,42 +446,48 @@ class Exchange:
 
     def done(self) -> None:
         self.finished = True
+        conn = self.conn
+        ctx = conn.ctx
+        if self.deadline:
+            ctx.inflight.pop(self, None)
         if not self.request_done:
             self.discard = True  # the rest of the body, if any, is read and dropped
             self.pending, self.pending_bytes = [], 0
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        conn = self.conn
-        resolution = self.resolution
-        stats = conn.ctx.stats
-        if resolution is not None:
-            stats.observe(resolution.route.spec.name, _ordinal_text(resolution.ordinal),
-                          self.status, conn.loop.time() - self.started)
-        else:
-            name = self.state.spec.name if self.state is not None else "-"
-            stats.observe(name, "", self.status, conn.loop.time() - self.started)
-        conn.unblock(_BLOCK_PENDING | _BLOCK_UPSTREAM)
+        state = self.state
+        ctx.stats.observe(state.spec.name if state is not None else "-",
+                          _ordinal_text(self.ordinal), self.status,
+                          conn.loop.time() - self.started)
+        if conn.blocked:
+            conn.unblock(_BLOCK_PENDING | _BLOCK_UPSTREAM)
         conn.exchange_done(self)
 
     def abort(self) -> None:
         """The client went away: drop everything, never pool a half-used connection."""
         self.finished = True
+        self.conn.ctx.inflight.pop(self, None)
         if self.task is not None:
             self.task.cancel()
             self.task = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
+
+
+def _without(head: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
+    """The head without the headers that the Connection header named."""
+    kept = [head[0]]
+    for i in range(1, len(head) - 3, 4):
+        if head[i].lower() not in drop:
+            kept += head[i:i + 4]
+    return kept
 
 
 _ORDINAL_TEXT: list[str] = []
 
 
 def _ordinal_text(ordinal: int) -> str:
+    if ordinal < 0:
+        return ""
     while len(_ORDINAL_TEXT) <= ordinal:
         _ORDINAL_TEXT.append(str(len(_ORDINAL_TEXT)))
     return _ORDINAL_TEXT[ordinal]
@@ -597,7 +606,10 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"connection":
                 exchange.drop = exchange.drop | http11.connection_tokens(value)
             return
-        exchange.headers.append((lname, name, value))
+        exchange.head += (name, b": ", value, b"\r\n")
+        lookup = exchange.lookup
+        if lname not in lookup:
+            lookup[lname] = value
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing

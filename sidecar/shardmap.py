@@ -44,6 +44,8 @@ class RouteState:
     synced_at: float = 0.0
     #: Precomputed for the hot path: the lower-cased key header name, if the key is a header.
     key_header: bytes = field(default=b"", compare=False)
+    #: ordinal -> its upstream pool, filled by the proxy (a cache; this state's addresses only).
+    pools: dict[int, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def initial(cls, spec: RouteSpec) -> RouteState:
@@ -71,15 +73,7 @@ class RouteState:
         }
 
 
-@dataclass(frozen=True)
-class Resolution:
-    route: RouteState
-    key: str
-    ordinal: int
-    shard: Shard
-
-
-def resolve(state: RouteState, key: str) -> Resolution:
+def resolve(state: RouteState, key: str) -> tuple[int, Shard]:
     """The owner of ``key``; raises 503 errors when the map cannot say or the owner is down."""
     if not state.synced or state.count < 1:
         raise ProxyError("shard_map_not_ready",
@@ -92,7 +86,7 @@ def resolve(state: RouteState, key: str) -> Resolution:
                          f"ordinal {ordinal} of route '{state.spec.name}' "
                          f"(pod {shard.pod or state.spec.backend.statefulset + '-' + str(ordinal)})"
                          " is not ready", route=state.spec.name, ordinal=ordinal)
-    return Resolution(route=state, key=key, ordinal=ordinal, shard=shard)
+    return ordinal, shard
 
 
 Listener = Callable[[RouteState | None, RouteState | None], None]
@@ -140,7 +134,7 @@ class ShardMap:
         if old is None:
             return  # the route was removed while its watch was delivering
         state = replace(old, synced=synced, count=count, shards=tuple(shards), problem=problem,
-                        synced_at=time.monotonic() if synced else old.synced_at)
+                        synced_at=time.monotonic() if synced else old.synced_at, pools={})
         self._set(key, state)
 
     def _set(self, key: bytes, state: RouteState | None) -> None:

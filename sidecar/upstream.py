@@ -38,10 +38,6 @@ class _HeadersOnly(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend pod; parses its responses."""
 
-    __slots__ = ("pool", "transport", "parser", "listener", "head_only", "status", "reason",
-                 "headers", "content_length", "chunked", "drop", "informational", "used",
-                 "got_bytes", "closed", "keep_alive", "complete")
-
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
@@ -50,13 +46,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         #: Served at least one request (a stale keep-alive may fail without our fault).
         self.used = False
-        self._reset(head_only=False)
-
-    def _reset(self, head_only: bool) -> None:
-        self.head_only = head_only
+        self.head_only = False
         self.status = 0
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        #: The client's response head as it is built: [status line, name, ": ", value, CRLF...]
+        self.head: list[bytes] = [b""]
         self.content_length: bytes | None = None
         self.chunked = False
         self.drop: frozenset[bytes] = frozenset()
@@ -69,10 +63,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(self, listener: UpstreamListener, data: bytes, head_only: bool) -> None:
         """Send a request head (and whatever body is at hand) and listen for the answer."""
-        self._reset(head_only)
+        if self.used:
+            self.status = 0
+            self.reason = b""
+            self.head = [b""]
+            self.content_length = None
+            self.chunked = self.got_bytes = self.complete = False
+            self.keep_alive = True
+            if self.drop:
+                self.drop = frozenset()
+        self.head_only = head_only
         self.listener = listener
-        assert self.transport is not None
-        self.transport.write(data)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def finish(self, reusable: bool) -> None:
         """The exchange is done with this connection: pool it or close it."""
@@ -104,8 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
-            cause = err.__context__ if isinstance(err.__context__, _HeadersOnly) else None
-            if cause is not None:
+            if isinstance(err.__context__, _HeadersOnly):
                 self.parser = httptools.HttpResponseParser(self)
                 self.complete = True
                 listener.on_response_done(self)
@@ -151,23 +152,31 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
             elif lname == b"connection":
-                self.drop = self.drop | http11.connection_tokens(value)
+                tokens = http11.connection_tokens(value)
+                if tokens:
+                    self.drop = self.drop | tokens
             return
-        self.headers.append((name, value))
+        self.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
             # 1xx (e.g. 103 Early Hints): not forwarded; the final response follows.
             self.informational = True
-            self.headers, self.reason, self.drop = [], b"", frozenset()
+            self.head, self.reason, self.drop = [b""], b"", frozenset()
             return
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         if self.drop:
-            self.headers = [(n, v) for n, v in self.headers if n.lower() not in self.drop]
-        if self.listener is not None:
-            self.listener.on_response_head(self)
+            head, drop = self.head, self.drop
+            kept = [head[0]]
+            for i in range(1, len(head) - 3, 4):
+                if head[i].lower() not in drop:
+                    kept += head[i:i + 4]
+            self.head = kept
+        listener = self.listener
+        if listener is not None:
+            listener.on_response_head(self)
         if self.head_only:
             raise _HeadersOnly
 
