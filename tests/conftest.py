@@ -1,8 +1,8 @@
 """Shared fixtures: the real Kubernetes control plane of tests/cluster.
 
 Any test that uses ``control_plane`` (directly or through ``namespace`` or
-``kubelet``) is marked ``cluster`` automatically, so ``pytest -m "not cluster"``
-runs everything that needs no cluster. Without the binaries and without Go the
+``kubelet``) or ``cluster_binaries`` is marked ``cluster`` automatically, so
+``pytest -m "not cluster"`` runs everything that needs no cluster. Without the binaries and without Go the
 cluster tests skip with one line saying what to install; under CI=true they fail.
 """
 
@@ -43,7 +43,7 @@ def _say(config: pytest.Config, line: str) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # tryfirst: the marks must be there before `-m` deselects.
     for item in items:
-        if "control_plane" in getattr(item, "fixturenames", ()):
+        if "cluster_binaries" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
 
 
@@ -68,14 +68,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
-    """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, for the whole session."""
+def cluster_binaries() -> binaries.Binaries:
+    """The cached control-plane binaries; skips (fails under CI or with Go) when absent."""
     try:
-        bins = binaries.locate(build_if_missing=False)
+        return binaries.locate(build_if_missing=False)
     except binaries.MissingBinaries as exc:
         if _in_ci() or binaries.have_go():
             pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def control_plane(pytestconfig: pytest.Config, cluster_binaries: binaries.Binaries
+                  ) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, for the whole session."""
+    bins = cluster_binaries
     cp = ControlPlane(bins, ControlPlaneSettings.from_env())
     seconds = cp.start()
     line = f"control plane ready in {seconds:.1f}s ({cp.server}, {bins.directory.name})"
@@ -91,11 +98,12 @@ def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace (with its default ServiceAccount, so pods are admitted), deleted after."""
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     api = client.CoreV1Api(control_plane.api_client())
     name = namespace_name(request.node.name)
-    api.create_namespace({"metadata": {"name": name, "labels": {"shardmesh.test/owner": "pytest"}}})
+    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=name, labels={"shardmesh.test/owner": "pytest"})))
     wait_for(lambda: api.read_namespaced_service_account("default", name),
              f"ServiceAccount 'default' in namespace {name} (kube-controller-manager)",
              timeout=30)

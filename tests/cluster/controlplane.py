@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tests.cluster.binaries import Binaries
 from tests.cluster.pki import KeyPair, Pki, write_pki
 from tests.cluster.processes import ManagedProcess, free_port
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 # Controllers the tests rely on, plus the cheap ones a workload expects (new
 # names; see cmd/kube-controller-manager/names). The endpoint controllers are
@@ -70,6 +73,8 @@ class ControlPlaneSettings:
     """Only allocated from, never routed: there is no kube-proxy, and no test talks to it."""
     keep_dir: bool = False
     """Leave the temp dir (logs, certs) in place after stop, for debugging."""
+    extra_apiserver_args: tuple[str, ...] = ()
+    """Appended to kube-apiserver's command line (e.g. ``--feature-gates=...``)."""
 
     @classmethod
     def from_env(cls) -> ControlPlaneSettings:
@@ -175,11 +180,13 @@ class ControlPlane:
 
     # ---- clients ----------------------------------------------------------------------
 
-    def api_client(self) -> Any:
+    def api_client(self) -> ApiClient:
         """A new ``kubernetes.client.ApiClient`` logged in as cluster admin."""
         from kubernetes import config  # imported here: unit-only runs need not load it
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        api: ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig))
+        return api
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -231,6 +238,7 @@ class ControlPlane:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *self.settings.extra_apiserver_args,
         ]
 
     def _kcm_argv(self) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import urllib3
 from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.podstatus import IpAllocator, Pod, needs_update, running_status_patch
@@ -35,6 +35,11 @@ WATCH_SECONDS = 30  # server-side watch timeout; each renewal is cheap
 RETRY_PAUSE = 0.2  # between attempts while the apiserver is away
 # One allocator per test process: a pod name keeps its IP across Kubelet instances.
 ALLOCATOR = IpAllocator()
+
+
+def raw_json(response: object) -> Any:
+    """The JSON body of a call made with ``_preload_content=False`` (plain dicts, camelCase)."""
+    return json.loads(getattr(response, "data"))  # noqa: B009 - the stubs claim a model
 
 
 def _now() -> str:
@@ -89,7 +94,7 @@ class Kubelet:
 
     def _read(self, namespace: str, name: str) -> Pod:
         resp = self._api.read_namespaced_pod(name, namespace, _preload_content=False)
-        pod: Pod = json.loads(resp.data)
+        pod: Pod = raw_json(resp)
         return pod
 
     def _reconcile(self, api: client.CoreV1Api, pod: Pod, raise_errors: bool = False) -> None:
@@ -134,7 +139,7 @@ class Kubelet:
 
     def _list(self, api: client.CoreV1Api, namespace: str) -> str:
         resp = api.list_namespaced_pod(namespace, _preload_content=False, _request_timeout=10)
-        body = json.loads(resp.data)
+        body = raw_json(resp)
         for pod in body["items"]:
             pod["metadata"].setdefault("namespace", namespace)
             self._reconcile(api, pod)
@@ -143,13 +148,13 @@ class Kubelet:
 
     def _watch(self, api: client.CoreV1Api, namespace: str, resource_version: str) -> str:
         """Follow events until the server ends the watch; returns the last version seen."""
-        stream = watch.Watch()
-        for event in stream.stream(api.list_namespaced_pod, namespace,
-                                   resource_version=resource_version,
-                                   allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
-                                   _request_timeout=WATCH_SECONDS + 10):
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in stream.stream(  # type: ignore[no-untyped-call]
+                api.list_namespaced_pod, namespace, resource_version=resource_version,
+                allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
+                _request_timeout=WATCH_SECONDS + 10):
             if self._stop.is_set():
-                stream.stop()
+                stream.stop()  # type: ignore[no-untyped-call]
                 break
             raw: dict[str, Any] = event["raw_object"]
             resource_version = raw["metadata"]["resourceVersion"]

@@ -114,7 +114,7 @@ def _make_leaf(
     subject: x509.Name,
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    usage: ExtendedKeyUsageOID,
+    usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName] | None = None,
 ) -> KeyPair:
     key = _key()

@@ -7,7 +7,6 @@ prove, for example, that pod -1 was created only after pod -0 became Ready.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from kubernetes import client, watch
 
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.kubelet import raw_json
 from tests.cluster.podstatus import is_ready
 
 
@@ -38,7 +38,7 @@ class PodEvents:
 
     def start(self) -> PodEvents:
         resp = self._api.list_namespaced_pod(self._namespace, _preload_content=False)
-        version = json.loads(resp.data)["metadata"]["resourceVersion"]
+        version = raw_json(resp)["metadata"]["resourceVersion"]
         threading.Thread(target=self._run, args=(version,), daemon=True,
                          name=f"pod-events-{self._namespace}").start()
         return self
@@ -66,16 +66,17 @@ class PodEvents:
         return -1
 
     def _run(self, version: str) -> None:
-        stream = watch.Watch()
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
         try:
-            for event in stream.stream(self._api.list_namespaced_pod, self._namespace,
-                                       resource_version=version, timeout_seconds=300):
+            for event in stream.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_namespaced_pod, self._namespace,
+                    resource_version=version, timeout_seconds=300):
                 raw: dict[str, Any] = event["raw_object"]
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     with self._lock:
                         self._events.append(
                             PodEvent(event["type"], raw["metadata"]["name"], is_ready(raw)))
                 if self._stop.is_set():
-                    stream.stop()
+                    stream.stop()  # type: ignore[no-untyped-call]
         except BaseException as exc:  # reported by the test, which knows what it expected
             self.failure = exc

@@ -97,3 +97,9 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+    def describe_failure(self) -> str:
+        """A readable account of a dead or stuck process, with its log tail."""
+        code = self.exit_code()
+        state = "still running" if code is None else f"exited with code {code}"
+        return f"{self.name} {state}; last lines of {self.log}:\n{tail(self.log)}"

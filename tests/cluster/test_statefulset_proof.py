@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kubelet import Kubelet

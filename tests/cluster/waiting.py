@@ -21,8 +21,8 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0,
     while True:
         try:
             value = probe()
-        except Exception as exc:  # noqa: BLE001 - reported if the wait times out
-            value, last = None, exc  # type: ignore[assignment]
+        except Exception as exc:  # reported if the wait times out
+            last = exc
         else:
             if value:
                 return value
