@@ -2,8 +2,9 @@
 
 Any test that uses ``control_plane`` (directly or through ``namespace`` or
 ``kubelet``) or ``cluster_binaries`` is marked ``cluster`` automatically, so
-``pytest -m "not cluster"`` runs everything that needs no cluster. Without the binaries and without Go the
-cluster tests skip with one line saying what to install; under CI=true they fail.
+``pytest -m "not cluster"`` runs everything that needs no cluster. Without the
+binaries and without Go the cluster tests skip with one line saying what to
+install; under CI=true (or with Go present) they fail.
 """
 
 from __future__ import annotations
