@@ -91,6 +91,8 @@ class Sidecar:
         waiting = [s.spec.name for s in self.map.routes.values() if not s.synced]
         if self.ctx.draining:
             return False, {"reason": "draining"}
+        if not getattr(self.source, "ready", True):
+            return False, {"reason": "the annotations file has not been read yet"}
         return not waiting, {"unsynced_routes": waiting}
 
     async def start(self) -> None:

@@ -109,22 +109,26 @@ class ShardMap:
         return self.routes.get(name.encode())
 
     def set_specs(self, specs: Iterable[RouteSpec]) -> list[RouteSpec]:
-        """Make the routes exactly ``specs``; returns the specs that are new or changed.
+        """Make the routes exactly ``specs``; returns those whose map must be (re)built.
 
-        A route whose spec changed starts unsynced again, so nothing is routed
-        with the old StatefulSet's map under the new spec.
+        A route whose backend (StatefulSet, namespace, port) changed starts
+        unsynced again, so nothing is routed with the old StatefulSet's map. A
+        change of key, strategy, wait or timeout applies at once to the map it has.
         """
         wanted = {s.name.encode(): s for s in specs}
-        changed: list[RouteSpec] = []
+        rebuild: list[RouteSpec] = []
         for name in list(self.routes):
             if name not in wanted:
                 self._set(name, None)
         for name, spec in wanted.items():
             old = self.routes.get(name)
-            if old is None or old.spec != spec:
-                changed.append(spec)
+            if old is None or old.spec.backend != spec.backend:
+                rebuild.append(spec)
                 self._set(name, RouteState.initial(spec))
-        return changed
+            elif old.spec != spec:
+                fresh = RouteState.initial(spec)
+                self._set(name, replace(old, spec=spec, key_header=fresh.key_header, pools={}))
+        return rebuild
 
     def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",
                synced: bool = True) -> None:

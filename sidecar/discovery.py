@@ -1,0 +1,320 @@
+"""The shard map from Kubernetes: watch each route's StatefulSet and its pods.
+
+Design rules:
+- Per route, two list-then-watch loops run in daemon threads (the ``kubernetes``
+  client blocks): one on the StatefulSet (field selector ``metadata.name``), one
+  on the pods of its namespace. Each change recomputes the route's snapshot
+  with the pure ``snapshot`` function and hands it to the event loop with
+  ``call_soon_threadsafe``; the loop thread is the only writer of the map.
+- ``N = spec.replicas`` (desired). Ordinal i is ready iff pod ``S-i`` exists,
+  is owned by S, has Ready=True, has no deletionTimestamp and has a pod IP.
+- A pod counts only if it is named ``S-<i>`` and a StatefulSet named S owns
+  it: a stray pod that merely looks like ``S-1`` must never receive traffic.
+- Watch expiry (410) lists again; connection errors (an apiserver restart)
+  keep the last known map and reconnect with backoff. Nothing is guessed:
+  until the first full list, the route is not synced (503 shard_map_not_ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.annotations import RouteSpec
+from sidecar.metrics import Stats
+from sidecar.reload import AnnotationsFile
+from sidecar.settings import Settings
+from sidecar.shardmap import Shard, ShardMap
+
+log = logging.getLogger("shardmesh.sidecar.discovery")
+
+WATCH_SECONDS = 240  # server-side watch timeout; renewed from the last resourceVersion
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+
+
+@dataclass(frozen=True)
+class StatefulSetInfo:
+    replicas: int
+    #: The first containerPort of the pod template, if any.
+    template_port: int | None
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    ordinal: int
+    ready: bool
+    ip: str | None
+    name: str
+
+
+def statefulset_info(sts: Any) -> StatefulSetInfo:
+    spec = sts.spec
+    replicas = 1 if spec.replicas is None else int(spec.replicas)  # the API default is 1
+    port = None
+    for container in (spec.template.spec.containers or []) if spec.template.spec else []:
+        for container_port in container.ports or []:
+            port = int(container_port.container_port)
+            break
+        if port is not None:
+            break
+    return StatefulSetInfo(replicas=replicas, template_port=port)
+
+
+def pod_info(pod: Any, statefulset: str) -> PodInfo | None:
+    """The pod as an ordinal of ``statefulset``, or None when it is not one of its pods."""
+    meta = pod.metadata
+    match = re.fullmatch(re.escape(statefulset) + r"-(0|[1-9][0-9]*)", meta.name or "")
+    if match is None:
+        return None
+    owners = meta.owner_references or []
+    if not any(o.kind == "StatefulSet" and o.name == statefulset for o in owners):
+        return None
+    status = pod.status
+    conditions = (status.conditions or []) if status else []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    ip = status.pod_ip if status else None
+    terminating = meta.deletion_timestamp is not None
+    return PodInfo(ordinal=int(match[1]), ready=ready and not terminating and bool(ip),
+                   ip=ip or None, name=meta.name)
+
+
+def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None,
+             pods: Iterable[PodInfo]) -> tuple[int, list[Shard], str]:
+    """(count, shards, problem) for a route: pure, so the rules above are testable."""
+    backend = spec.backend
+    if sts is None:
+        return 0, [], f"statefulset {backend.namespace}/{backend.statefulset} not found"
+    port = backend.port or sts.template_port
+    by_ordinal = {p.ordinal: p for p in pods}
+    shards = []
+    for ordinal in range(sts.replicas):
+        pod = by_ordinal.get(ordinal)
+        name = f"{backend.statefulset}-{ordinal}"
+        if pod is None:
+            shards.append(Shard(ordinal=ordinal, pod=name))
+            continue
+        address = (pod.ip, port) if pod.ip and port else None
+        shards.append(Shard(ordinal=ordinal, ready=pod.ready and address is not None,
+                            address=address, pod=name))
+    problem = "" if port else (f"no port: statefulset {backend.statefulset} declares no "
+                               "containerPort and the route gives none")
+    return sts.replicas, shards, problem
+
+
+def api_client(settings: Settings) -> Any:
+    """A client from --kubeconfig/KUBECONFIG, else the pod's service account."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if settings.kubeconfig:
+        config.load_kube_config(config_file=settings.kubeconfig,
+                                client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+Publish = Callable[[int, list[Shard], str], None]
+
+
+class RouteWatch:
+    """The two watches of one route, feeding ``publish`` with every new snapshot."""
+
+    def __init__(self, spec: RouteSpec, client: Any, publish: Publish, stats: Stats,
+                 resume_from: str | None = None) -> None:
+        self.spec, self.client, self.publish, self.stats = spec, client, publish, stats
+        #: Watch from this resourceVersion before any list (tests use a stale one to force 410).
+        self.resume_from = resume_from
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.sts: StatefulSetInfo | None = None
+        self.pods: dict[str, PodInfo] = {}
+        self.listed = {"sts": False, "pods": False}
+
+    def start(self) -> None:
+        from kubernetes import client
+
+        apps, core = client.AppsV1Api(self.client), client.CoreV1Api(self.client)
+        backend = self.spec.backend
+        loops = (
+            ("sts", apps.list_namespaced_stateful_set,
+             {"field_selector": f"metadata.name={backend.statefulset}"}),
+            ("pods", core.list_namespaced_pod, {}),
+        )
+        for kind, function, extra in loops:
+            threading.Thread(target=self._loop, args=(kind, function, extra), daemon=True,
+                             name=f"watch-{self.spec.name}-{kind}").start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    # --- the list-then-watch loop (thread) ----------------------------------------
+
+    def _loop(self, kind: str, function: Any, extra: dict[str, str]) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        namespace = self.spec.backend.namespace
+        version: str | None = self.resume_from
+        backoff = BACKOFF_START
+        while not self.stopped.is_set():
+            try:
+                if version is None:
+                    listed = function(namespace, **extra, _request_timeout=30)
+                    version = listed.metadata.resource_version
+                    self._replace(kind, listed.items)
+                stream = watch.Watch()
+                for event in stream.stream(function, namespace, resource_version=version,
+                                           timeout_seconds=WATCH_SECONDS,
+                                           allow_watch_bookmarks=True,
+                                           _request_timeout=WATCH_SECONDS + 30, **extra):
+                    if self.stopped.is_set():
+                        stream.stop()
+                        return
+                    obj = event["object"]
+                    version = obj.metadata.resource_version
+                    if event["type"] != "BOOKMARK":
+                        self._apply(kind, event["type"], obj)
+                backoff = BACKOFF_START
+            except ApiException as err:
+                if err.status == 410:
+                    log.info("route %s: %s watch expired (410): listing again",
+                             self.spec.name, kind)
+                    self._count("expired")
+                    version = None
+                    continue
+                log.warning("route %s: %s watch: %s %s", self.spec.name, kind, err.status,
+                            err.reason)
+                self._count(f"http_{err.status}")
+                backoff = self._pause(backoff)
+            except Exception as err:  # noqa: BLE001 - connection errors of every kind
+                log.warning("route %s: %s watch: %s: %s", self.spec.name, kind,
+                            type(err).__name__, err)
+                self._count("connection")
+                backoff = self._pause(backoff)
+
+    def _pause(self, backoff: float) -> float:
+        self.stopped.wait(backoff)
+        return min(backoff * 2, BACKOFF_MAX)
+
+    def _count(self, reason: str) -> None:
+        restarts = self.stats.watch_restarts
+        restarts[reason] = restarts.get(reason, 0) + 1  # only approximate across threads
+
+    # --- state (thread side, under the lock) ------------------------------------------
+
+    def _replace(self, kind: str, items: list[Any]) -> None:
+        with self.lock:
+            if kind == "sts":
+                named = [s for s in items if s.metadata.name == self.spec.backend.statefulset]
+                self.sts = statefulset_info(named[0]) if named else None
+            else:
+                self.pods = {}
+                for pod in items:
+                    info = pod_info(pod, self.spec.backend.statefulset)
+                    if info is not None:
+                        self.pods[info.name] = info
+            self.listed[kind] = True
+            self._publish_locked()
+
+    def _apply(self, kind: str, event: str, obj: Any) -> None:
+        with self.lock:
+            if kind == "sts":
+                if obj.metadata.name != self.spec.backend.statefulset:
+                    return
+                self.sts = None if event == "DELETED" else statefulset_info(obj)
+            else:
+                name = obj.metadata.name
+                info = None if event == "DELETED" else pod_info(obj, self.spec.backend.statefulset)
+                if info is None:
+                    if self.pods.pop(name, None) is None:
+                        return  # not one of ours: nothing changed
+                else:
+                    self.pods[name] = info
+            self._publish_locked()
+
+    def _publish_locked(self) -> None:
+        if not all(self.listed.values()):
+            return
+        count, shards, problem = snapshot(self.spec, self.sts, self.pods.values())
+        self.publish(count, shards, problem)
+
+
+class KubernetesSource:
+    """Routes from the annotations file; each route's map from its watches."""
+
+    def __init__(self, settings: Settings, shard_map: ShardMap, stats: Stats) -> None:
+        self.settings, self.map, self.stats = settings, shard_map, stats
+        assert settings.annotations_file is not None
+        self.file = AnnotationsFile(settings.annotations_file, settings.pod_namespace)
+        self.watches: dict[str, RouteWatch] = {}
+        self.client: Any = None
+        self.task: asyncio.Task[None] | None = None
+        #: False until the annotations file has been read once.
+        self.loaded = False
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded
+
+    async def start(self) -> None:
+        self.client = api_client(self.settings)
+        self.reload()
+        self.task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for route_watch in self.watches.values():
+            route_watch.stop()
+        self.watches.clear()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            if self.file.changed():
+                self.reload()
+
+    def reload(self) -> None:
+        """Read the file; apply its routes if they parse, else keep the current ones."""
+        specs = self.file.read()
+        if specs is None:
+            self.stats.annotation_reloads["error"] += 1
+            return
+        self.stats.annotation_reloads["ok"] += 1
+        self.loaded = True
+        self.apply(specs)
+
+    def apply(self, specs: tuple[RouteSpec, ...]) -> None:
+        restart = self.map.set_specs(specs)
+        for name in [n for n in self.watches if self.map.get(n) is None]:
+            self.watches.pop(name).stop()
+        for spec in restart:
+            old = self.watches.pop(spec.name, None)
+            if old is not None:
+                old.stop()
+            route_watch = RouteWatch(spec, self.client, self._publisher(spec), self.stats)
+            self.watches[spec.name] = route_watch
+            route_watch.start()
+            log.info("route %s: watching statefulset %s/%s", spec.name,
+                     spec.backend.namespace, spec.backend.statefulset)
+
+    def _publisher(self, spec: RouteSpec) -> Publish:
+        loop = asyncio.get_running_loop()
+        shard_map = self.map
+
+        def publish(count: int, shards: list[Shard], problem: str) -> None:
+            def apply() -> None:
+                current = shard_map.get(spec.name)
+                if current is not None and current.spec.backend == spec.backend:
+                    shard_map.update(spec.name, count=count, shards=shards, problem=problem)
+
+            loop.call_soon_threadsafe(apply)
+
+        return publish
+
