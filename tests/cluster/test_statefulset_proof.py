@@ -6,7 +6,6 @@ removes the pods; the simulated kubelet only reports them Running/Ready.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kubelet import Kubelet
+from tests.cluster.kubelet import Kubelet, raw_json
 from tests.cluster.podevents import PodEvents
 from tests.cluster.podstatus import is_ready
 from tests.cluster.waiting import wait_for
@@ -159,6 +158,22 @@ def test_pod_gets_a_loopback_ip_that_a_server_can_bind(
             assert accepted.recv(4) == b"ping"
 
 
+def test_pod_with_init_container_and_native_sidecar_is_accepted(
+    namespace: str, kubelet: Kubelet, core: client.CoreV1Api,
+) -> None:
+    body = simple_pod("with-init")
+    body["spec"]["initContainers"] = [
+        {"name": "setup", "image": "example.invalid/setup:1"},
+        {"name": "router", "image": "example.invalid/router:1", "restartPolicy": "Always"},
+    ]
+    kubelet.watch(namespace)
+    core.create_namespaced_pod(namespace, body)
+    pod = wait_pod_ready(core, namespace, "with-init")
+    states = {s.name: s for s in pod.status.init_container_statuses}
+    assert states["setup"].state.terminated.exit_code == 0
+    assert states["router"].ready and states["router"].state.running is not None
+
+
 def test_set_ready_flips_readiness_and_it_stays(
     namespace: str, kubelet: Kubelet, core: client.CoreV1Api,
 ) -> None:
@@ -173,8 +188,8 @@ def test_set_ready_flips_readiness_and_it_stays(
     # Any other change makes the watcher look again; it must keep the override.
     core.patch_namespaced_pod("flip", namespace, {"metadata": {"labels": {"poke": "1"}}})
     time.sleep(HOLD_SECONDS)
-    raw = core.read_namespaced_pod("flip", namespace, _preload_content=False)
-    assert not is_ready(json.loads(raw.data))
+    assert not is_ready(raw_json(core.read_namespaced_pod("flip", namespace,
+                                                          _preload_content=False)))
 
     kubelet.set_ready(namespace, "flip", True)
     wait_pod_ready(core, namespace, "flip")
