@@ -73,11 +73,13 @@ class Sidecar:
         return KubernetesSource(self.settings, self.map, self.stats)
 
     def _map_changed(self, old: RouteState | None, new: RouteState | None) -> None:
-        route = (new or old).spec.name  # type: ignore[union-attr]
+        state = new or old
+        if state is None:
+            return
         current = set() if new is None else {
             (s.ordinal, s.address) for s in new.shards[: new.count] if s.address is not None
         }
-        self.pools.retain(route, current)  # type: ignore[arg-type]
+        self.pools.retain(state.spec.name, current)
 
     def _sync_ages(self) -> dict[str, float | None]:
         now = time.monotonic()

@@ -112,10 +112,11 @@ def api_client(settings: Settings) -> Any:
 
     configuration = client.Configuration()
     if settings.kubeconfig:
-        config.load_kube_config(config_file=settings.kubeconfig,
+        config.load_kube_config(config_file=settings.kubeconfig,  # type: ignore[no-untyped-call]
                                 client_configuration=configuration)
     else:
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
     return client.ApiClient(configuration)
 
 
@@ -141,7 +142,7 @@ class RouteWatch:
 
         apps, core = client.AppsV1Api(self.client), client.CoreV1Api(self.client)
         backend = self.spec.backend
-        loops = (
+        loops: tuple[tuple[str, Any, dict[str, str]], ...] = (
             ("sts", apps.list_namespaced_stateful_set,
              {"field_selector": f"metadata.name={backend.statefulset}"}),
             ("pods", core.list_namespaced_pod, {}),
@@ -157,7 +158,7 @@ class RouteWatch:
 
     def _loop(self, kind: str, function: Any, extra: dict[str, str]) -> None:
         from kubernetes import watch
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         namespace = self.spec.backend.namespace
         version: str | None = self.resume_from
@@ -168,13 +169,13 @@ class RouteWatch:
                     listed = function(namespace, **extra, _request_timeout=30)
                     version = listed.metadata.resource_version
                     self._replace(kind, listed.items)
-                stream = watch.Watch()
-                for event in stream.stream(function, namespace, resource_version=version,
-                                           timeout_seconds=WATCH_SECONDS,
-                                           allow_watch_bookmarks=True,
-                                           _request_timeout=WATCH_SECONDS + 30, **extra):
+                stream = watch.Watch()  # type: ignore[no-untyped-call]
+                events = stream.stream(  # type: ignore[no-untyped-call]
+                    function, namespace, resource_version=version, timeout_seconds=WATCH_SECONDS,
+                    allow_watch_bookmarks=True, _request_timeout=WATCH_SECONDS + 30, **extra)
+                for event in events:
                     if self.stopped.is_set():
-                        stream.stop()
+                        stream.stop()  # type: ignore[no-untyped-call]
                         return
                     obj = event["object"]
                     version = obj.metadata.resource_version

@@ -43,15 +43,19 @@ class AnnotationsFile:
             with open(self.path, encoding="utf-8") as handle:
                 text = handle.read()
         except OSError as err:
-            return self._fail(f"cannot read annotations file {self.path}: {err.strerror}")
+            self._fail(f"cannot read annotations file {self.path}: {err.strerror}")
+            return None
         except UnicodeDecodeError:
-            return self._fail(f"annotations file {self.path} is not UTF-8")
+            self._fail(f"annotations file {self.path} is not UTF-8")
+            return None
         try:
             routes = parse_routes(parse_downward_file(text), self.namespace)
         except AnnotationError as err:
-            return self._fail(f"annotations file {self.path}: {err}; keeping the current routes")
+            self._fail(f"annotations file {self.path}: {err}; keeping the current routes")
+            return None
         except ValueError as err:
-            return self._fail(f"{err}; keeping the current routes")
+            self._fail(f"{err}; keeping the current routes")
+            return None
         if self.error:
             log.info("annotations file %s is valid again", self.path)
         self.error = ""
