@@ -38,7 +38,9 @@ _RETRY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 #: Bytes of request body held for a request not yet connected before reading pauses.
 _PENDING_LIMIT = 256 * 1024
 # Reasons reading from a client is paused (a bit set, resumed when all clear).
-_BLOCK_PENDING, _BLOCK_UPSTREAM = 1, 2
+_BLOCK_PENDING, _BLOCK_UPSTREAM, _BLOCK_PIPELINE = 1, 2, 4
+#: Pipelined requests queued behind a slow one before reading from the client pauses.
+_PIPELINE_LIMIT = 64
 
 
 class Context:
@@ -94,6 +96,7 @@ class Exchange:
     close_after = False
     drop: frozenset[bytes] = frozenset()
     retried = False
+    began = False
     target = b""
     head_base = 0
 
@@ -115,6 +118,7 @@ class Exchange:
     def start(self) -> None:
         """Route the request (called once, when it is the head of the queue)."""
         conn = self.conn
+        self.began = True
         self.started = conn.loop.time()
         parts = http11.split_target(self.url)
         if parts is None:
@@ -506,6 +510,8 @@ class ClientConnection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.blocked = 0
         self.write_paused = False
+        #: Inside exchange_done's loop that starts queued exchanges (no recursion).
+        self.dispatching = False
         self.closing = False
         #: Nothing more is parsed (after a protocol error or an upgrade request).
         self.ignore_input = False
@@ -577,6 +583,8 @@ class ClientConnection(asyncio.Protocol):
         exchange = Exchange(self)
         self.parsing = exchange
         self.queue.append(exchange)
+        if len(self.queue) > _PIPELINE_LIMIT:
+            self.block(_BLOCK_PIPELINE)
         self.in_head = True
         self.head_bytes = self.header_bytes = 0
 
@@ -606,6 +614,8 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"connection":
                 exchange.drop = exchange.drop | http11.connection_tokens(value)
             return
+        if lname[:6] == b"proxy-":
+            return  # Proxy-* headers are for this hop only
         exchange.head += (name, b": ", value, b"\r\n")
         lookup = exchange.lookup
         if lname not in lookup:
@@ -622,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.headers_done = True
         if parser.should_upgrade():
             exchange.keep_alive = False  # no tunnels: answer this one request, then close
-        if self.queue and self.queue[0] is exchange:
+        if self.queue and self.queue[0] is exchange and not self.dispatching:
             exchange.start()
 
     def on_body(self, body: bytes) -> None:
@@ -664,9 +674,18 @@ class ClientConnection(asyncio.Protocol):
         if exchange.close_after:
             self.close_after_flush()
             return
-        if queue and queue[0].headers_done and not queue[0].finished:
-            queue[0].start()
-        elif not queue and self.ctx.draining:
+        if self.blocked & _BLOCK_PIPELINE and len(queue) <= _PIPELINE_LIMIT // 2:
+            self.unblock(_BLOCK_PIPELINE)
+        if self.dispatching:
+            return  # the loop below (further up the stack) starts the next one
+        self.dispatching = True
+        try:
+            # A loop, not recursion: queued requests that fail at once finish inside start().
+            while queue and queue[0].headers_done and not queue[0].began:
+                queue[0].start()
+        finally:
+            self.dispatching = False
+        if not queue and self.ctx.draining:
             self.close_after_flush()
 
     def close_after_flush(self) -> None:

@@ -58,8 +58,6 @@ class Settings:
     pool_size: int = 64
     #: Seconds a connect may take before the attempt counts as failed (then retried once).
     connect_timeout: float = 3.0
-    #: Seconds a client keep-alive connection may sit idle before it is closed.
-    idle_timeout: float = 300.0
     log_level: str = "info"
     #: Annotations file poll interval (the kubelet swaps a symlink; inotify misses that).
     poll_seconds: float = 1.0

@@ -151,14 +151,32 @@ def test_pipelined_requests_are_answered_in_order(sidecar: SidecarThread) -> Non
     assert paths == ["/sleep/200", "/fast", None, "/fast2"]
 
 
+def test_deep_pipeline_behind_a_slow_request(sidecar: SidecarThread) -> None:
+    # 400 requests queued behind a slow one, most answered by the sidecar itself: they
+    # must come back in order (and not blow the stack when the slow one finishes).
+    slow = b"GET /svc/sleep/300 HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 0\r\n\r\n"
+    rest = [b"GET /svc/n%d HTTP/1.1\r\nHost: x\r\n%b\r\n"
+            % (i, b"X-Shard-Key: 1\r\n" if i % 50 == 0 else b"") for i in range(400)]
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=10) as sock:
+        sock.sendall(slow + b"".join(rest))
+        stream = sock.makefile("rb")
+        answers = [read_response(stream) for _ in range(401)]
+    statuses = [int(head.split()[1]) for head, _ in answers]
+    assert statuses == [200] + [200 if i % 50 == 0 else 400 for i in range(400)]
+    assert [json.loads(b)["path"] for _, b in answers[1::50]] == [
+        f"/n{i}" for i in range(0, 400, 50)]
+
+
 def test_hop_by_hop_headers_are_dropped(sidecar: SidecarThread) -> None:
     head = {"Connection": "X-Private, keep-alive", "X-Private": "secret", "Keep-Alive": "300",
-            "Proxy-Authorization": "Basic eDp5", "TE": "trailers", "X-Kept": "yes"}
+            "Proxy-Authorization": "Basic eDp5", "Proxy-Foo": "1", "TE": "trailers",
+            "X-Kept": "yes"}
     status, response_head, body = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": "1", **head})
     assert status == 200
     forwarded = body["headers"]
     assert forwarded["x-kept"] == "yes"
-    for name in ("x-private", "keep-alive", "proxy-authorization", "te", "connection"):
+    for name in ("x-private", "keep-alive", "proxy-authorization", "proxy-foo", "te",
+                 "connection"):
         assert name not in forwarded, name
     assert "keep-alive" not in response_head  # the backend sends Keep-Alive: timeout=5
 

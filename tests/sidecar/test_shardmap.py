@@ -1,0 +1,127 @@
+"""Pure parts of the map: the snapshot rules, pod filtering, route updates, file reloads."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from sidecar.annotations import format_downward_file, parse_routes
+from sidecar.discovery import PodInfo, StatefulSetInfo, pod_info, snapshot, statefulset_info
+from sidecar.errors import ProxyError
+from sidecar.reload import AnnotationsFile
+from sidecar.shardmap import Shard, ShardMap, resolve
+
+SPEC = parse_routes({"shard.io/backend": "ledger"}, "shop")[0]
+
+
+def pod(name: str, *, ready: bool = True, ip: str | None = "127.1.2.3", owner: str = "ledger",
+        deleting: bool = False) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name=name, deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None,
+            owner_references=[client.V1OwnerReference(api_version="apps/v1", kind="StatefulSet",
+                                                      name=owner, uid="u")]),
+        status=client.V1PodStatus(pod_ip=ip, conditions=[
+            client.V1PodCondition(type="Ready", status="True" if ready else "False")]))
+
+
+@pytest.mark.parametrize(
+    ("the_pod", "expected"),
+    [
+        pytest.param(pod("ledger-2"), PodInfo(2, True, "127.1.2.3", "ledger-2"), id="ready"),
+        pytest.param(pod("ledger-0", ready=False), PodInfo(0, False, "127.1.2.3", "ledger-0"),
+                     id="not-ready"),
+        pytest.param(pod("ledger-1", deleting=True), PodInfo(1, False, "127.1.2.3", "ledger-1"),
+                     id="terminating"),
+        pytest.param(pod("ledger-1", ip=None), PodInfo(1, False, None, "ledger-1"), id="no-ip"),
+        pytest.param(pod("ledger-01"), None, id="leading-zero-is-not-ours"),
+        pytest.param(pod("ledger-x-1"), None, id="other-name"),
+        pytest.param(pod("ledger-1", owner="other"), None, id="other-owner"),
+    ],
+)
+def test_pod_info(the_pod: client.V1Pod, expected: PodInfo | None) -> None:
+    assert pod_info(the_pod, "ledger") == expected
+
+
+def test_statefulset_info_takes_desired_replicas_and_first_port() -> None:
+    sts = client.V1StatefulSet(spec=client.V1StatefulSetSpec(
+        replicas=5, selector=client.V1LabelSelector(), service_name="x",
+        template=client.V1PodTemplateSpec(spec=client.V1PodSpec(containers=[
+            client.V1Container(name="a"),
+            client.V1Container(name="b", ports=[client.V1ContainerPort(container_port=9000),
+                                                client.V1ContainerPort(container_port=9001)]),
+        ]))))
+    assert statefulset_info(sts) == StatefulSetInfo(replicas=5, template_port=9000)
+
+
+def test_snapshot_counts_desired_replicas_and_marks_missing_pods() -> None:
+    pods = [PodInfo(0, True, "127.1.1.1", "ledger-0"), PodInfo(2, True, "127.1.1.3", "ledger-2"),
+            PodInfo(7, True, "127.1.1.8", "ledger-7")]  # ordinal 7 is beyond N: ignored
+    count, shards, problem = snapshot(SPEC, StatefulSetInfo(3, 8080), pods)
+    assert (count, problem) == (3, "")
+    assert shards == [Shard(0, True, ("127.1.1.1", 8080), "ledger-0"),
+                      Shard(1, False, None, "ledger-1"),
+                      Shard(2, True, ("127.1.1.3", 8080), "ledger-2")]
+
+
+def test_snapshot_without_statefulset_or_port() -> None:
+    assert snapshot(SPEC, None, [])[:2] == (0, [])
+    count, shards, problem = snapshot(SPEC, StatefulSetInfo(1, None),
+                                      [PodInfo(0, True, "127.1.1.1", "ledger-0")])
+    assert count == 1 and not shards[0].ready and "no port" in problem
+
+
+def test_resolve_never_answers_for_another_ordinal() -> None:
+    shard_map = ShardMap()
+    shard_map.set_specs([SPEC])
+    with pytest.raises(ProxyError) as caught:
+        resolve(shard_map.routes[b"ledger"], "7")
+    assert caught.value.code == "shard_map_not_ready"
+    shard_map.update("ledger", count=3, shards=[Shard(0, True, ("127.1.1.1", 1)),
+                                                 Shard(1, False), Shard(2, True, ("h", 2))])
+    state = shard_map.routes[b"ledger"]
+    assert resolve(state, "5") == (2, state.shards[2])
+    with pytest.raises(ProxyError) as caught:
+        resolve(state, "4")  # 4 mod 3 = 1, which is down: no fallback to 0 or 2
+    assert (caught.value.code, caught.value.details["ordinal"]) == ("shard_unavailable", 1)
+
+
+def test_set_specs_keeps_the_map_when_only_options_change() -> None:
+    shard_map = ShardMap()
+    assert shard_map.set_specs([SPEC]) == [SPEC]
+    shard_map.update("ledger", count=1, shards=[Shard(0, True, ("h", 1))])
+    jump = parse_routes({"shard.io/backend": "ledger", "shard.io/strategy": "jump"}, "shop")[0]
+    assert shard_map.set_specs([jump]) == []
+    state = shard_map.routes[b"ledger"]
+    assert state.synced and state.spec.strategy == "jump"
+    moved = parse_routes({"shard.io/backend": "ledger=other"}, "shop")[0]
+    assert shard_map.set_specs([moved]) == [moved]
+    assert not shard_map.routes[b"ledger"].synced
+
+
+def swap(path: Path, annotations: dict[str, str]) -> None:
+    data = path.parent / f"data-{time.monotonic_ns()}"
+    data.write_text(format_downward_file(annotations))
+    tmp = path.parent / f"link-{time.monotonic_ns()}"
+    tmp.symlink_to(data)
+    os.replace(tmp, path)
+
+
+def test_annotations_file_sees_symlink_swaps_and_keeps_good_routes(tmp_path: Path) -> None:
+    path = tmp_path / "annotations"
+    swap(path, {"shard.io/backend": "ledger"})
+    watched = AnnotationsFile(str(path), "shop")
+    routes = watched.read()
+    assert routes is not None and routes[0].backend.statefulset == "ledger"
+    assert not watched.changed()
+    swap(path, {"shard.io/backend": "ledger", "shard.io/strategy": "ring"})
+    assert watched.changed()
+    assert watched.read() is None
+    assert "invalid value 'ring' for annotation 'shard.io/strategy'" in watched.error
+    swap(path, {"shard.io/backend": "audit:9000"})
+    routes = watched.read()
+    assert routes is not None and routes[0].backend.port == 9000 and watched.error == ""
