@@ -16,7 +16,7 @@ from typing import Protocol
 from sidecar.admin import AdminConnection
 from sidecar.metrics import Stats, StatsCollector, exposition, registry_for
 from sidecar.proxy import ClientConnection, Context
-from sidecar.settings import Settings
+from sidecar.settings import Settings, StaticRoute
 from sidecar.shardmap import RouteState, Shard, ShardMap
 from sidecar.upstream import Pools
 
@@ -31,21 +31,58 @@ class RouteSource(Protocol):
 
 
 class StaticSource:
-    """``--route name=addr0,addr1``: every ordinal is ready at its address."""
+    """``--route name=addr0,addr1``: ordinal i is at address i.
+
+    Every ordinal starts ready. With no Kubernetes to say otherwise, a TCP
+    connect probe every ``--static-probe`` seconds marks an ordinal that
+    refuses connections not ready (503 shard_unavailable with Retry-After,
+    like an unready pod) and ready again once it accepts them.
+    """
 
     def __init__(self, settings: Settings, shard_map: ShardMap) -> None:
         self.settings, self.map = settings, shard_map
+        self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.map.set_specs(r.spec for r in self.settings.static_routes)
         for route in self.settings.static_routes:
-            name = route.spec.name
-            shards = [Shard(ordinal=i, ready=True, address=a, pod=f"{name}-{i}")
-                      for i, a in enumerate(route.addresses)]
-            self.map.update(name, count=len(shards), shards=shards)
+            self._publish(route, [True] * len(route.addresses))
+        if self.settings.static_probe_seconds > 0:
+            self.task = asyncio.get_running_loop().create_task(self._probe())
 
     async def stop(self) -> None:
-        return None
+        if self.task is not None:
+            self.task.cancel()
+
+    def _publish(self, route: StaticRoute, ready: list[bool]) -> None:
+        name = route.spec.name
+        shards = [Shard(ordinal=i, ready=up, address=a, pod=f"{name}-{i}")
+                  for i, (a, up) in enumerate(zip(route.addresses, ready, strict=True))]
+        self.map.update(name, count=len(shards), shards=shards)
+
+    async def _probe(self) -> None:
+        interval = self.settings.static_probe_seconds
+        while True:
+            await asyncio.sleep(interval)
+            for route in self.settings.static_routes:
+                ready = list(await asyncio.gather(
+                    *(_accepts(a, min(interval, 1.0)) for a in route.addresses)))
+                state = self.map.get(route.spec.name)
+                if state is not None and [s.ready for s in state.shards] != ready:
+                    log.warning("route %s: ready ordinals now %s", route.spec.name,
+                                [i for i, up in enumerate(ready) if up])
+                    self._publish(route, ready)
+
+
+async def _accepts(address: tuple[str, int], timeout: float) -> bool:
+    """Whether a TCP connection to ``address`` can be made (then closed at once)."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(*address)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 class Sidecar:

@@ -25,12 +25,14 @@ Static mode (no Kubernetes)::
 
     shardmesh sidecar --route NAME=HOST:PORT[,HOST:PORT...] [--route ...]
                       [--strategy modulo|jump|rendezvous] [--key header:X-Shard-Key]
-                      [--unavailable fail|wait:<ms>] [--timeout 30s]
+                      [--unavailable fail|wait:<ms>] [--timeout 30s] [--static-probe 1]
                       [--listen ...] [--admin ...]
 
-    Address i serves ordinal i, N is the number of addresses; every ordinal is
-    ready. --strategy/--key/--unavailable/--timeout take the same values as the
-    ``shard.io/*`` annotations and apply to every --route.
+    Address i serves ordinal i, N is the number of addresses. Every ordinal
+    starts ready; a TCP connect probe every --static-probe seconds (0: off)
+    marks an address that refuses connections not ready (503 shard_unavailable)
+    until it accepts again. --strategy/--key/--unavailable/--timeout take the
+    same values as the ``shard.io/*`` annotations and apply to every --route.
 
 Ports: data on --listen (default ``127.0.0.1:15001``), ``/healthz``,
 ``/readyz`` and ``/metrics`` on --admin (default ``0.0.0.0:15020``); ``--admin
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="header:<Name>, query:<name>, path:<i> or json:<dotted.path>")
     static.add_argument("--unavailable", default="fail", help="fail (default) or wait:<ms>")
     static.add_argument("--timeout", default="30s", help="upstream timeout, e.g. 500ms, 30s, 2m")
+    static.add_argument("--static-probe", type=float, default=1.0, metavar="S",
+                        help="seconds between TCP probes that mark an address that refuses "
+                        "connections not ready (default 1; 0 disables)")
     common = parser.add_argument_group("listeners and lifecycle")
     common.add_argument("--listen", default="127.0.0.1:15001", metavar="HOST:PORT",
                         help="data listener (default 127.0.0.1:15001)")

@@ -59,6 +59,8 @@ class Settings:
     #: Seconds a connect may take before the attempt counts as failed (then retried once).
     connect_timeout: float = 3.0
     log_level: str = "info"
+    #: Static mode: seconds between TCP probes of each address (0: never; all stay ready).
+    static_probe_seconds: float = 1.0
     #: Annotations file poll interval (the kubelet swaps a symlink; inotify misses that).
     poll_seconds: float = 1.0
 
@@ -109,6 +111,8 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise SettingsError("POD_NAMESPACE must be set in Kubernetes mode")
     if args.max_json_body < 1:
         raise SettingsError(f"invalid value '{args.max_json_body}' for --max-json-body")
+    if args.static_probe < 0:
+        raise SettingsError(f"invalid value '{args.static_probe}' for --static-probe")
     if args.drain_seconds < 0:
         raise SettingsError(f"invalid value '{args.drain_seconds}' for --drain-seconds")
     return Settings(
@@ -121,5 +125,6 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         pod_namespace=namespace,
         drain_seconds=args.drain_seconds,
         max_json_body=args.max_json_body,
+        static_probe_seconds=args.static_probe,
         log_level=args.log_level,
     )

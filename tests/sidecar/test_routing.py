@@ -156,7 +156,8 @@ def closed_port() -> int:
 def test_connect_failure_is_502_after_one_retry_to_the_same_ordinal(
         backends: list[Backend], make_sidecar: Callable[..., SidecarThread]) -> None:
     dead = closed_port()
-    sidecar = make_sidecar("--route", f"svc={backends[0].address},127.0.0.1:{dead}")
+    sidecar = make_sidecar("--route", f"svc={backends[0].address},127.0.0.1:{dead}",
+                           "--static-probe", "0")
     status, _, body = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": "1"})
     assert (status, body["error"], body["ordinal"]) == (502, "upstream_error", 1)
     assert f"127.0.0.1:{dead}" in body["message"]
@@ -207,3 +208,18 @@ def test_admin_endpoints(sidecar: SidecarThread) -> None:
     assert "shardmesh_sidecar_request_duration_seconds_bucket" in metrics
     assert "shardmesh_sidecar_shard_map_generation" in metrics
     assert "shardmesh_sidecar_shard_map_sync_age_seconds" in metrics
+
+
+def test_static_probe_marks_a_stopped_backend_unavailable(
+        backends: list[Backend], make_sidecar: Callable[..., SidecarThread]) -> None:
+    sidecar = make_sidecar("--route", route_arg(backends), "--static-probe", "0.1")
+    backends[1].stop()
+    deadline = time.monotonic() + 5
+    while True:
+        status, head, body = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": "1"})
+        if status == 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert (status, body["error"], head.get("retry-after")) == (503, "shard_unavailable", "1")
+    status, _, body = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": "2"})
+    assert (status, body["ordinal"]) == (200, 2)
