@@ -64,18 +64,16 @@ def events(control_plane: ControlPlane, namespace: str) -> Iterator[PodEvents]:
     recorder.stop()
 
 
-def ready_pods(core: client.CoreV1Api, namespace: str) -> dict[str, client.V1Pod]:
-    pods = core.list_namespaced_pod(namespace).items
-    return {p.metadata.name: p for p in pods
-            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])}
+def is_ready_model(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def wait_exactly_ready(core: client.CoreV1Api, namespace: str, names: set[str]
                        ) -> dict[str, client.V1Pod]:
     def probe() -> dict[str, client.V1Pod] | None:
-        pods = {p.metadata.name for p in core.list_namespaced_pod(namespace).items}
-        ready = ready_pods(core, namespace)
-        return ready if pods == names and set(ready) == names else None
+        pods = {p.metadata.name: p for p in core.list_namespaced_pod(namespace).items}
+        ready = {name: p for name, p in pods.items() if is_ready_model(p)}
+        return ready if set(pods) == names and set(ready) == names else None
 
     return wait_for(probe, f"exactly pods {sorted(names)} in {namespace}, all Ready", timeout=60)
 
@@ -136,7 +134,7 @@ def simple_pod(name: str) -> dict[str, Any]:
 def wait_pod_ready(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
     def probe() -> client.V1Pod | None:
         pod = core.read_namespaced_pod(name, namespace)
-        return pod if name in ready_pods(core, namespace) else None
+        return pod if is_ready_model(pod) else None
 
     return wait_for(probe, f"pod {namespace}/{name} Ready", timeout=60)
 
