@@ -652,6 +652,9 @@ class ClientConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         out = self.out
+        if self.closing:
+            out.clear()
+            return
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
@@ -689,7 +692,8 @@ class ClientConnection(asyncio.Protocol):
             self.close_after_flush()
 
     def close_after_flush(self) -> None:
-        self.flush()
+        if not self.closing:
+            self.flush()
         self.closing = self.ignore_input = True
         for exchange in self.queue:
             exchange.abort()
@@ -702,6 +706,7 @@ class ClientConnection(asyncio.Protocol):
         for exchange in list(self.queue):
             if not exchange.headers_done or exchange is self.parsing:
                 self.queue.remove(exchange)
+                exchange.abort()  # e.g. a bad chunk mid-upload: the backend must not keep it
         error_response = render(error, close=True)
         self.parsing = None
         self.in_head = False

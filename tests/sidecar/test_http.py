@@ -201,6 +201,19 @@ def test_bad_requests_are_refused_and_closed(data: bytes, status: bytes,
     assert b"Connection: close" in answer
 
 
+def test_malformed_chunk_mid_upload_is_400_and_the_upload_is_dropped(
+        sidecar: SidecarThread, backends: list[Backend]) -> None:
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as sock:
+        sock.sendall(b"POST /svc/up HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 0\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        time.sleep(0.2)  # the head and the first chunk are on their way to the backend
+        sock.sendall(b"ZZ-not-hex\r\n")
+        answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 400") and b"Connection: close" in answer
+    time.sleep(0.2)
+    assert backends[0].seen == []  # the backend never got a complete request
+
+
 def test_client_disconnect_mid_upload_aborts_the_backend_connection(
         sidecar: SidecarThread, backends: list[Backend]) -> None:
     conn = connect(sidecar)
