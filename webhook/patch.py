@@ -20,10 +20,66 @@ from webhook.podview import Obj
 Patch = list[dict[str, Any]]
 
 
-def make_patch(original: Obj, without_status: Obj, final: Obj) -> Patch:
-    ops: Patch = jsonpatch.make_patch(original, without_status).patch
-    ops += jsonpatch.make_patch(without_status, final).patch
+#: Every path injection may change.
+SIDECAR_PATHS: tuple[tuple[str, str], ...] = (
+    ("spec", "initContainers"),
+    ("spec", "containers"),
+    ("spec", "volumes"),
+)
+STATUS_PATHS: tuple[tuple[str, str], ...] = (("metadata", "annotations"),)
+
+
+class _Kept(str):
+    """Stands in for a list item that the mutation kept (the very same object)."""
+
+
+def skeleton(obj: Obj, paths: tuple[tuple[str, str], ...],
+             originals: dict[int, _Kept]) -> Obj:
+    """The parts of ``obj`` under ``paths``, with every list item that is one of
+    ``originals`` (by identity) replaced by its short stand-in.
+
+    jsonpatch compares list items by serialising them, which for a real pod
+    (containers with long env lists) costs far more than the rest of a review.
+    ``render`` shares unchanged items with the original pod, so comparing
+    stand-ins gives the same operations, for a fraction of the cost.
+    """
+    out: Obj = {}
+    for parent, key in paths:
+        if not isinstance(obj.get(parent), dict):
+            continue
+        branch = out.setdefault(parent, {})
+        if key in obj[parent]:
+            value = obj[parent][key]
+            if isinstance(value, list):
+                value = [originals.get(id(item), item) for item in value]
+            branch[key] = value
+    return out
+
+
+def _stand_ins(original: Obj) -> dict[int, _Kept]:
+    return {
+        id(item): _Kept(f"kept:{parent}.{key}[{i}]")
+        for parent, key in SIDECAR_PATHS
+        for i, item in enumerate((original.get(parent) or {}).get(key) or [])
+    }
+
+
+def _diff(before: Obj, after: Obj) -> Patch:
+    ops: Patch = jsonpatch.make_patch(before, after).patch
     return ops
+
+
+def make_patch(original: Obj, without_status: Obj, final: Obj) -> Patch:
+    """``jsonpatch.make_patch(original, final)``, in two steps (sidecar, then status)
+    and on skeletons of the touched paths. Injection only adds, and an added
+    item is never a stand-in; anything else falls back to diffing whole pods."""
+    originals = _stand_ins(original)
+    ops = _diff(skeleton(original, SIDECAR_PATHS, originals),
+                skeleton(without_status, SIDECAR_PATHS, originals))
+    if any(op["op"] != "add" or isinstance(op.get("value"), _Kept) for op in ops):
+        ops = _diff(original, without_status)
+    return ops + _diff(skeleton(without_status, STATUS_PATHS, {}),
+                       skeleton(final, STATUS_PATHS, {}))
 
 
 def encode(ops: Patch) -> str:

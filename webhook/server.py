@@ -67,7 +67,21 @@ def _read_body(limit: int) -> bytes:
     try:
         return request.get_data(cache=False)
     except RequestEntityTooLarge:
+        _drain(limit)
         raise BodyTooLarge(f"the AdmissionReview is larger than {limit} bytes") from None
+
+
+def _drain(limit: int) -> None:
+    """Read (and drop) an oversized body, up to twice the limit, so that the 413
+    reaches the client instead of being lost to a TCP reset when the server
+    closes a socket with unread data. Bigger bodies are cut off (reset)."""
+    stream = request.environ.get("wsgi.input")
+    left = min(request.content_length or limit, 2 * limit)
+    while stream is not None and left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        left -= len(chunk)
 
 
 def _bad_review(err: WebhookError) -> tuple[Response, int]:

@@ -1,0 +1,198 @@
+"""Benchmark the webhook as the API server uses it: AdmissionReviews over TLS.
+
+Starts the real server (``shardmesh webhook``: gunicorn, TLS, offline mode with
+a throw-away certificate) on 127.0.0.1, then for each concurrency level runs
+that many client threads, each on its own keep-alive HTTPS connection (as the
+API server keeps its connections), posting realistic reviews: a pod from a
+Deployment with two app containers, an init container and routing annotations;
+most are injected, some skipped, some rejected.
+
+    python bench/webhook.py [--duration 5] [--levels 1,16,64] [--workers 1] [--threads 8]
+
+Prints p50, p99 and reviews/s per level. Goal: p99 <= 10 ms at c=16.
+The client runs on the same machine and competes for the same CPUs, so the
+figures are an upper bound on the server's own latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from webhook import certs  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+def pod(i: int) -> dict[str, Any]:
+    annotations = {
+        "shard.io/inject": "true",
+        "shard.io/backend": "accounts=sharded-svc:8080,orders=orders-db.billing:9090",
+        "shard.io/key.orders": "json:order.customer.id",
+        "shard.io/strategy.orders": "jump",
+        "shard.io/timeout": "2s",
+        "kubectl.kubernetes.io/restartedAt": "2026-11-26T10:00:00Z",
+    }
+    if i % 10 == 7:
+        annotations["shard.io/inject"] = "false"  # skipped
+    if i % 20 == 13:
+        annotations["shard.io/unavailable"] = "sometimes"  # rejected
+    container = {
+        "name": "app", "image": "example.com/shop/client:1.4.2",
+        "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+        "env": [{"name": f"VAR_{n}", "value": "x" * 20} for n in range(10)],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "volumeMounts": [{"name": "kube-api-access-abcde",
+                          "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                          "readOnly": True}],
+    }
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "client-7d9f8c6b5-", "namespace": "shop",
+                     "labels": {"app": "client", "pod-template-hash": "7d9f8c6b5"},
+                     "annotations": annotations,
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                          "name": "client-7d9f8c6b5", "uid": str(uuid.uuid4()),
+                                          "controller": True, "blockOwnerDeletion": True}]},
+        "spec": {"containers": [container, {**container, "name": "metrics"}],
+                 "initContainers": [{"name": "migrate", "image": "example.com/migrate:1"}],
+                 "serviceAccountName": "client", "restartPolicy": "Always",
+                 "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
+                     {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}]},
+    }
+
+
+def review(i: int) -> bytes:
+    return json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": str(uuid.uuid4()),
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "shop", "operation": "CREATE", "object": pod(i),
+                    "userInfo": {"username": "system:serviceaccount:kube-system:"
+                                             "replicaset-controller"},
+                    "dryRun": False},
+    }).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+Server = tuple[subprocess.Popen[bytes], int, bytes]
+
+
+def start_server(tmp: Path, workers: int, threads: int) -> Server:
+    bundle = certs.fresh(("localhost", HOST), dt.datetime.now(dt.UTC), dt.timedelta(days=1),
+                         dt.timedelta(days=2))
+    certs.write_files(bundle.cert, bundle.key, str(tmp / "tls.crt"), str(tmp / "tls.key"))
+    port = free_port()
+    argv = [sys.executable, "-m", "shardmesh", "webhook", "--offline", "--cert-mode", "file",
+            "--cert-file", str(tmp / "tls.crt"), "--key-file", str(tmp / "tls.key"),
+            "--host", HOST, "--port", str(port), "--workers", str(workers),
+            "--threads", str(threads), "--log-level", "warning"]
+    with open(tmp / "log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+    ctx = ssl.create_default_context(cadata=bundle.ca_bundle.decode())
+    for _ in range(300):
+        try:
+            conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc, port, bundle.ca_bundle
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"webhook did not start:\n{(tmp / 'log').read_text()}")
+
+
+def run_level(port: int, ca: bytes, concurrency: int, duration: float,
+              bodies: list[bytes]) -> tuple[list[float], int]:
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0]
+    stop_at = time.perf_counter() + duration
+    barrier = threading.Barrier(concurrency)
+
+    def client(n: int) -> None:
+        # Connect on the first request, as the API server does: gunicorn's gthread
+        # worker gives a new connection a thread until its first request arrives.
+        conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=10)
+        barrier.wait()
+        i = n
+        mine = latencies[n]
+        while time.perf_counter() < stop_at:
+            body = bodies[i % len(bodies)]
+            i += concurrency
+            t0 = time.perf_counter()
+            conn.request("POST", "/mutate", body=body,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            mine.append(time.perf_counter() - t0)
+            if resp.status != 200:
+                errors[0] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for per in latencies for x in per], errors[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per level")
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=8)
+    args = ap.parse_args()
+    bodies = [review(i) for i in range(200)]
+    with tempfile.TemporaryDirectory(prefix="shardmesh-bench-") as tmp:
+        proc, port, ca = start_server(Path(tmp), args.workers, args.threads)
+        try:
+            run_level(port, ca, 4, 1.0, bodies)  # warm-up
+            print(f"webhook: gunicorn {args.workers} worker(s) x {args.threads} threads, TLS, "
+                  f"{os.cpu_count()} CPUs, {args.duration:.0f}s per level, "
+                  f"review body ~{len(bodies[0]) // 1024} KiB")
+            print(f"{'concurrency':>11} {'reviews':>8} {'reviews/s':>10} {'p50 ms':>8} "
+                  f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}")
+            for level in (int(x) for x in args.levels.split(",")):
+                lat, errors = run_level(port, ca, level, args.duration, bodies)
+                print(f"{level:>11} {len(lat):>8} {len(lat) / args.duration:>10.0f} "
+                      f"{percentile(lat, 0.50) * 1000:>8.2f} {percentile(lat, 0.99) * 1000:>8.2f} "
+                      f"{max(lat) * 1000:>8.2f} {errors:>6}")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
