@@ -39,7 +39,6 @@ CLOSE: Final = b"Connection: close\r\n"
 KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 NO_BODY_STATUS: Final = frozenset({204, 304})
 
-_ordinal_headers: list[bytes] = []
 _shard_headers: dict[tuple[int, int], bytes] = {}
 
 
@@ -53,13 +52,6 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def ordinal_header(ordinal: int) -> bytes:
-    """``X-Shard-Ordinal: i`` for the client's response (cached per ordinal)."""
-    while len(_ordinal_headers) <= ordinal:
-        _ordinal_headers.append(b"X-Shard-Ordinal: %d\r\n" % len(_ordinal_headers))
-    return _ordinal_headers[ordinal]
 
 
 def shard_headers(ordinal: int, count: int) -> bytes:

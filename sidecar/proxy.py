@@ -337,7 +337,7 @@ class Exchange:
         self.status = status = up.status
         head = up.head
         head[0] = b"HTTP/1.1 %d %b\r\n" % (status, up.reason)
-        head.append(http11.ordinal_header(self.ordinal))
+        head.append(self.shard.response_header)  # type: ignore[union-attr]
         if up.content_length is not None:
             head += (b"Content-Length: ", up.content_length, b"\r\n")
         elif self.method != _HEAD and status not in http11.NO_BODY_STATUS:
@@ -457,9 +457,9 @@ class Exchange:
         if not self.request_done:
             self.discard = True  # the rest of the body, if any, is read and dropped
             self.pending, self.pending_bytes = [], 0
-        state = self.state
+        state, shard = self.state, self.shard
         ctx.stats.observe(state.spec.name if state is not None else "-",
-                          _ordinal_text(self.ordinal), self.status,
+                          shard.label if shard is not None else "", self.status,
                           conn.loop.time() - self.started)
         if conn.blocked:
             conn.unblock(_BLOCK_PENDING | _BLOCK_UPSTREAM)
@@ -484,17 +484,6 @@ def _without(head: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
         if head[i].lower() not in drop:
             kept += head[i:i + 4]
     return kept
-
-
-_ORDINAL_TEXT: list[str] = []
-
-
-def _ordinal_text(ordinal: int) -> str:
-    if ordinal < 0:
-        return ""
-    while len(_ORDINAL_TEXT) <= ordinal:
-        _ORDINAL_TEXT.append(str(len(_ORDINAL_TEXT)))
-    return _ORDINAL_TEXT[ordinal]
 
 
 class ClientConnection(asyncio.Protocol):
@@ -599,10 +588,6 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.ctx.settings.max_header_bytes:
-            raise ProxyError("headers_too_large",
-                             f"request headers are over {self.ctx.settings.max_header_bytes} bytes")
         lname = name.lower()
         if lname in http11.REQUEST_SPECIAL:
             if lname == b"content-length":
@@ -613,6 +598,7 @@ class ClientConnection(asyncio.Protocol):
                 exchange.expect_continue = value.lower() == b"100-continue"
             elif lname == b"connection":
                 exchange.drop = exchange.drop | http11.connection_tokens(value)
+            self.header_bytes += len(name) + len(value)
             return
         if lname[:6] == b"proxy-":
             return  # Proxy-* headers are for this hop only
@@ -625,6 +611,10 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         assert exchange is not None
         self.in_head = False
+        # One C-level sum instead of counting in every on_header call.
+        limit = self.ctx.settings.max_header_bytes
+        if self.header_bytes + sum(map(len, exchange.head)) > limit:
+            raise ProxyError("headers_too_large", f"request headers are over {limit} bytes")
         parser = self.parser
         exchange.method = parser.get_method()
         exchange.keep_alive = parser.should_keep_alive()
