@@ -22,7 +22,6 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from tests.cluster.controlplane import ControlPlane
 from tests.cluster.waiting import wait_for
 from tests.webhook import serving
 
@@ -40,10 +39,14 @@ class Registration:
     secret_name: str
     port: int
 
-    def webhook_args(self, control_plane: ControlPlane, cert_dir: Path,
+    @property
+    def cluster_role(self) -> str:
+        return f"shardmesh-webhook-{self.ident}"
+
+    def webhook_args(self, kubeconfig: Path, cert_dir: Path,
                      extra: Sequence[str] = ()) -> list[str]:
         return [
-            "--kubeconfig", str(control_plane.kubeconfig),
+            "--kubeconfig", str(kubeconfig),
             "--injector-namespace", self.injector_namespace,
             "--webhook-config-name", self.config_name,
             "--secret-name", self.secret_name,
@@ -62,11 +65,13 @@ def manifest_config() -> dict[str, Any]:
 
 
 def register(api: client.ApiClient, port: int) -> Registration:
-    """Create the injector namespace and the webhook configuration (without caBundle)."""
+    """Create the injector namespace, the manifests' RBAC for it, and the webhook
+    configuration (without caBundle)."""
     ident = secrets.token_hex(3)
     reg = Registration(ident, f"shardmesh-sidecar-injector-{ident}", f"shardmesh-wh-{ident}",
                        "shardmesh-webhook-certs", port)
     client.CoreV1Api(api).create_namespace({"metadata": {"name": reg.injector_namespace}})
+    create_rbac(api, reg)
     config = manifest_config()
     config["metadata"]["name"] = reg.config_name
     for hook in config["webhooks"]:
@@ -79,7 +84,62 @@ def register(api: client.ApiClient, port: int) -> Registration:
 
 def unregister(api: client.ApiClient, reg: Registration) -> None:
     client.AdmissionregistrationV1Api(api).delete_mutating_webhook_configuration(reg.config_name)
+    rbac = client.RbacAuthorizationV1Api(api)
+    rbac.delete_cluster_role_binding(reg.cluster_role)
+    rbac.delete_cluster_role(reg.cluster_role)
     client.CoreV1Api(api).delete_namespace(reg.injector_namespace)
+
+
+def rbac_documents(reg: Registration) -> list[dict[str, Any]]:
+    """manifests/base/webhook-rbac.yaml, renamed for this registration (so the test
+    runs the webhook with exactly the manifests' permissions)."""
+    text = (MANIFESTS / "base" / "webhook-rbac.yaml").read_text()
+    text = text.replace("shardmesh-sidecar-injector", reg.config_name)
+    text = text.replace("namespace: shardmesh-system", f"namespace: {reg.injector_namespace}")
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for doc in docs:
+        if doc["kind"].startswith("Cluster"):
+            doc["metadata"]["name"] = reg.cluster_role
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] = reg.cluster_role
+    return docs
+
+
+def create_rbac(api: client.ApiClient, reg: Registration) -> None:
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    for doc in rbac_documents(reg):
+        kind, ns = doc["kind"], reg.injector_namespace
+        if kind == "ServiceAccount":
+            core.create_namespaced_service_account(ns, doc)
+        elif kind == "Role":
+            rbac.create_namespaced_role(ns, doc)
+        elif kind == "RoleBinding":
+            rbac.create_namespaced_role_binding(ns, doc)
+        elif kind == "ClusterRole":
+            rbac.create_cluster_role(doc)
+        elif kind == "ClusterRoleBinding":
+            rbac.create_cluster_role_binding(doc)
+        else:
+            raise AssertionError(f"unexpected {kind} in webhook-rbac.yaml")
+
+
+def service_account_kubeconfig(api: client.ApiClient, reg: Registration,
+                               admin_kubeconfig: Path, path: Path) -> Path:
+    """A kubeconfig that authenticates as the webhook's ServiceAccount (a bound token)."""
+    request = {"spec": {"expirationSeconds": 3600}}
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        "shardmesh-webhook", reg.injector_namespace, request).status.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": "shardmesh-webhook", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test",
+                                                  "user": "shardmesh-webhook"}}],
+        "current-context": "test",
+    }))
+    return path
 
 
 def ca_bundle(api: client.ApiClient, reg: Registration) -> bytes:

@@ -41,7 +41,10 @@ def webhook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactor
     port = serving.free_port()
     reg = clusterhook.register(api, port)
     tmp = tmp_path_factory.mktemp("webhook")
-    hook = serving.start(reg.webhook_args(control_plane, tmp / "certs"), tmp / "webhook.log",
+    # The webhook runs with the manifests' least-privilege RBAC, not as admin.
+    kubeconfig = clusterhook.service_account_kubeconfig(
+        api, reg, control_plane.kubeconfig, tmp / "webhook.kubeconfig")
+    hook = serving.start(reg.webhook_args(kubeconfig, tmp / "certs"), tmp / "webhook.log",
                          port=port)
     clusterhook.wait_until_trusted(api, reg)
     yield LocalWebhook(api, reg, hook)
@@ -189,7 +192,9 @@ def test_replicas_share_one_secret_rotate_and_fail_open(
     # Short lifetimes: the serving certificate renews every few seconds and the CA
     # once, so the test sees both kinds of rotation.
     extra = ["--cert-lifetime-s", "6", "--ca-lifetime-s", "15"]
-    hooks = [serving.spawn(reg.webhook_args(control_plane, tmp_path / f"certs{i}", extra),
+    kubeconfig = clusterhook.service_account_kubeconfig(
+        api, reg, control_plane.kubeconfig, tmp_path / "webhook.kubeconfig")
+    hooks = [serving.spawn(reg.webhook_args(kubeconfig, tmp_path / f"certs{i}", extra),
                            tmp_path / f"webhook{i}.log", port=port)
              for i, port in enumerate(ports)]
     try:
