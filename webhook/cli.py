@@ -1,7 +1,7 @@
 """``shardmesh webhook``: the webhook under gunicorn, HTTPS only.
 
 Process model and why:
-- gunicorn ``gthread`` workers; by default ONE worker with 8 threads. A
+- gunicorn ``gthread`` workers; by default ONE worker with 4 threads. A
   review takes well under a millisecond of CPU, the API server sends a few
   per pod, and high availability comes from replicas, not processes. One
   process keeps the Prometheus counters in one registry and the namespace
@@ -113,13 +113,16 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from webhook import namespaces
+        from webhook.events import EventRecorder
         from webhook.server import create_app
 
         s = self.settings
-        lookup = (namespaces.offline if s.offline
-                  else namespaces.NamespaceCache(api_client(s), s.namespace_cache_s))
         tls = _PerProcess.get(self.cert_file, self.key_file)
-        return create_app(s, lookup, ready=tls.loaded)
+        if s.offline:
+            return create_app(s, namespaces.offline, ready=tls.loaded)
+        api = api_client(s)
+        return create_app(s, namespaces.NamespaceCache(api, s.namespace_cache_s),
+                          ready=tls.loaded, recorder=EventRecorder(api).record)
 
 
 def _mark_dead(_server: Any, worker: Any) -> None:

@@ -20,15 +20,19 @@ from webhook.admission import Handled, NamespaceLookup
 from webhook.errors import BodyTooLarge, WebhookError
 from webhook.logs import event
 from webhook.podview import display_name
+from webhook.policy import Decision
+from webhook.review import AdmissionRequest
 from webhook.settings import Settings
 
 ReadyCheck = Callable[[], bool]
+#: Told about every decision (non-dry-run filtering is its business): posts Events.
+Recorder = Callable[[AdmissionRequest, Decision], None]
 
 
 def create_app(settings: Settings, namespaces: NamespaceLookup,
-               ready: ReadyCheck = lambda: True) -> Flask:
+               ready: ReadyCheck = lambda: True, recorder: Recorder | None = None) -> Flask:
     """The webhook app. ``namespaces`` returns a namespace's object (the I/O edge);
-    ``ready`` says whether a serving certificate is loaded and the API reachable."""
+    ``ready`` says whether a serving certificate is loaded; ``recorder`` posts Events."""
     app = Flask("shardmesh-webhook")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 
@@ -42,6 +46,8 @@ def create_app(settings: Settings, namespaces: NamespaceLookup,
             return _bad_review(err)
         metrics.LATENCY.observe(time.perf_counter() - started)
         _record(handled, time.perf_counter() - started)
+        if recorder is not None:
+            recorder(handled.request, handled.decision)
         return jsonify(handled.response), 200
 
     @app.get("/healthz")

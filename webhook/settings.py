@@ -59,7 +59,7 @@ class Settings:
     port: int = 8443
     #: gunicorn workers (processes) and threads per worker; see webhook/cli.py.
     workers: int = 1
-    threads: int = 8
+    threads: int = 4
     #: Larger AdmissionReview bodies get HTTP 413.
     max_body_bytes: int = 4 * 1024 * 1024
     #: No Kubernetes API: namespaces have no labels or annotations and

@@ -113,6 +113,15 @@ def test_controller_pods_are_injected_exactly_once(webhook: LocalWebhook, namesp
     made = pods(webhook.api, namespace, "client", 2) + pods(webhook.api, namespace, "worker", 2)
     for pod in made:
         assert_injected_once(pod)
+    # The decisions are posted as Events on the pods' controllers.
+    core = client.CoreV1Api(webhook.api)
+
+    def injected_events() -> set[str]:
+        return {e.involved_object.kind for e in core.list_namespaced_event(namespace).items
+                if e.reason == "ShardRouterInjected"}
+
+    wait_for(lambda: injected_events() == {"ReplicaSet", "StatefulSet"},
+             "ShardRouterInjected Events on the ReplicaSet and the StatefulSet", timeout=15)
 
 
 def test_automount_off_still_gives_the_sidecar_a_token(webhook: LocalWebhook,
