@@ -132,7 +132,7 @@ class AccountsBackend:
     @property
     def address(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> AccountsBackend:
         self._thread.start()
