@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Settings:
     #: "self": generate and rotate the CA and serving certificate; "file": read
     #: ``cert_file``/``key_file`` (for cert-manager) and reload them on change.
     cert_mode: CertMode = "self"
+    #: File mode: the serving certificate (chain) and its key, PEM.
     cert_file: str = ""
     key_file: str = ""
     #: Where self-managed mode writes the serving certificate for the TLS layer.
@@ -55,6 +57,7 @@ class Settings:
     ca_lifetime_s: float = 3 * 365 * 86400.0
     #: How often to look at the Secret, the files and the caBundle.
     cert_check_s: float = 60.0
+    #: Address and port of the HTTPS listener.
     host: str = "0.0.0.0"
     port: int = 8443
     #: gunicorn workers (processes) and threads per worker; see webhook/cli.py.
@@ -69,6 +72,7 @@ class Settings:
     namespace_cache_s: float = 5.0
     #: Kubeconfig for running outside a cluster; empty means in-cluster or ~/.kube.
     kubeconfig: str = ""
+    #: debug, info, warning or error.
     log_level: str = "info"
     version: str = field(default=__version__)
 
@@ -107,18 +111,45 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def field_docs() -> dict[str, str]:
+    """The ``#:`` comments above each field (the Sphinx convention), for ``--help``.
+    A comment covers the fields that follow it up to the next comment."""
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    last_was_field = False
+    for line in inspect.getsource(Settings).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            if last_was_field:
+                pending = []
+            pending.append(text[2:].strip())
+            last_was_field = False
+        elif (m := re.match(r"(\w+): ", text)) and pending:
+            docs[m[1]] = " ".join(pending)
+            last_was_field = True
+    return docs
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """One flag per field; the defaults are applied later, so env can fill the gaps."""
-    ap = argparse.ArgumentParser(prog="shardmesh webhook", description=description)
+    ap = argparse.ArgumentParser(
+        prog="shardmesh webhook", description=description,
+        epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG> in the environment "
+               "(e.g. SHARDMESH_SIDECAR_IMAGE); the flag wins.")
+    docs = field_docs()
     for f in dataclasses.fields(Settings):
         if f.name == "version":
             continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%").strip()
         if f.type == "bool":
-            ap.add_argument(_flag(f.name), action="store_const", const="true", default=None)
+            ap.add_argument(_flag(f.name), action="store_const", const="true", default=None,
+                            help=help_)
         elif f.name == "extra_sans":
-            ap.add_argument(_flag("extra_san"), dest="extra_sans", action="append", default=None)
+            ap.add_argument(_flag("extra_san"), dest="extra_sans", action="append", default=None,
+                            help=f"{docs.get(f.name, '')} Repeatable.")
         else:
-            ap.add_argument(_flag(f.name), default=None)
+            ap.add_argument(_flag(f.name), default=None, help=help_)
     return ap
 
 
