@@ -89,8 +89,10 @@ def assert_injected_once(pod: Any) -> None:
 
 
 def test_manifests_pass_server_side_dry_run(control_plane: ControlPlane) -> None:
-    # Namespaced objects need their namespace to exist even in a dry run.
-    control_plane.kubectl("apply", "-f", str(MANIFESTS / "base" / "namespace.yaml"))
+    # Namespaced objects need their namespace to exist even in a dry run. Applied
+    # server-side, as the e2e install does, so neither conflicts with the other.
+    control_plane.kubectl("apply", "--server-side", "-f",
+                          str(MANIFESTS / "base" / "namespace.yaml"))
     result = control_plane.kubectl("apply", "--dry-run=server", "-k", str(MANIFESTS))
     for kind in ("deployment.apps/shardmesh-webhook", "service/shardmesh-webhook",
                  "mutatingwebhookconfiguration.admissionregistration.k8s.io/"
