@@ -364,8 +364,10 @@ class Exchange:
     def on_response_done(self, up: UpstreamConnection) -> None:
         if self.finished:
             return
+        conn = self.conn
         if self.response_chunked:
-            self.conn.out.append(http11.LAST_CHUNK)
+            conn.out.append(http11.LAST_CHUNK)
+        conn.flush()  # the client gets its answer before any bookkeeping
         # Reusable only if the backend got the whole request; else it may still be reading it.
         up.finish(reusable=self.request_done and not self.discard)
         self.upstream = None
