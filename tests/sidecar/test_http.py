@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -242,3 +243,51 @@ def test_graceful_drain_finishes_in_flight(backends: list[Backend],
     assert result == [200]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", sidecar.port), timeout=1)
+
+
+def _one_shot_backend(answers: list[bytes]) -> tuple[socket.socket, threading.Thread]:
+    """Connection 1 answers one request and then closes on reading the next (a keep-alive
+    the backend dropped just as the sidecar reused it); connection 2 answers normally."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer(conn: socket.socket, body: bytes) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    def serve() -> None:
+        first, _ = server.accept()
+        answer(first, answers[0])
+        first.recv(65536)
+        first.close()
+        with contextlib.suppress(OSError):
+            second, _ = server.accept()
+            answer(second, answers[1])
+            second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(("method", "status"), [pytest.param("GET", 200, id="get-retried"),
+                                                pytest.param("POST", 502, id="post-not-retried")])
+def test_stale_pooled_connection(method: str, status: int,
+                                 make_sidecar: Callable[..., SidecarThread]) -> None:
+    server, thread = _one_shot_backend([b"first", b"second"])
+    port = server.getsockname()[1]
+    sidecar = make_sidecar("--route", f"svc=127.0.0.1:{port}", "--static-probe", "0")
+    try:
+        conn = connect(sidecar)
+        assert exchange(conn, "GET", "/svc/a", "0")[1] == b"first"
+        response, body = exchange(conn, method, "/svc/b", "0",
+                                  body=b"x" if method == "POST" else None)
+        assert response.status == status
+        if status == 200:
+            assert body == b"second"  # a safe request, re-sent on a new connection
+        else:
+            assert json.loads(body)["error"] == "upstream_error"
+    finally:
+        server.close()
+        thread.join(2)
