@@ -24,6 +24,9 @@ from webhook.reasons import Result
 from webhook.settings import Settings
 
 SYSTEM_NAMESPACES: Final = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+#: Volume names the injection adds (kept in step with webhook.render, which
+#: imports policy's decision but not the other way round).
+SIDECAR_VOLUMES: Final = ("shard-podinfo", "shard-token")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,11 @@ def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> 
         check_global_options(annotations_of(pod))
     except ann.AnnotationError as err:
         return rejected(reasons.INVALID_ANNOTATION, str(err))
+    taken = sorted(_volume_names(pod) & set(SIDECAR_VOLUMES))
+    if taken:
+        return rejected(reasons.NAME_TAKEN,
+                        f"the pod already has a volume named '{taken[0]}', which the "
+                        f"shard-router sidecar needs; rename it")
     return Decision("injected", reasons.INJECTED, reasons.SENTENCES[reasons.INJECTED], routes)
 
 
@@ -90,6 +98,13 @@ def check_global_options(annotations: dict[str, str]) -> None:
     for option, parse in GLOBAL_OPTIONS:
         if option in annotations:
             parse(option, annotations[option])
+
+
+def _volume_names(pod: Obj) -> set[str]:
+    volumes = spec(pod).get("volumes")
+    if not isinstance(volumes, list):
+        return set()
+    return {str(v.get("name")) for v in volumes if isinstance(v, dict)}
 
 
 def _never_injected(pod: Obj, namespace: str, settings: Settings) -> str | None:

@@ -29,6 +29,7 @@ NOT_POD_CREATE: Final = "not_pod_create"
 # --- rejected: the pod is denied ---------------------------------------------
 INVALID_ANNOTATION: Final = "invalid_annotation"
 CONFLICTING_SETTING: Final = "conflicting_setting"
+NAME_TAKEN: Final = "name_taken"
 
 SENTENCES: Final[dict[str, str]] = {
     INJECTED: "the shard-router sidecar was injected",
@@ -43,6 +44,7 @@ SENTENCES: Final[dict[str, str]] = {
     NOT_POD_CREATE: "the review is not the creation of a pod",
     INVALID_ANNOTATION: "a shard.io annotation or label has an invalid value",
     CONFLICTING_SETTING: "the annotation and the label shard.io/inject disagree on one object",
+    NAME_TAKEN: "the pod already uses a volume name that the sidecar needs",
 }
 
 SKIPPED: Final = frozenset(
@@ -52,4 +54,4 @@ SKIPPED: Final = frozenset(
         NOT_POD_CREATE,
     }
 )
-REJECTED: Final = frozenset({INVALID_ANNOTATION, CONFLICTING_SETTING})
+REJECTED: Final = frozenset({INVALID_ANNOTATION, CONFLICTING_SETTING, NAME_TAKEN})

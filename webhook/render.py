@@ -23,10 +23,10 @@ from webhook.podview import SIDECAR_NAME, Obj, spec
 from webhook.settings import Settings
 
 ADMIN_PORT: Final = 15020
-PODINFO_VOLUME: Final = "shard-podinfo"
+PODINFO_VOLUME: Final = "shard-podinfo"  # also in policy.SIDECAR_VOLUMES
 PODINFO_DIR: Final = "/etc/shard"
 ANNOTATIONS_FILE: Final = f"{PODINFO_DIR}/annotations"
-TOKEN_VOLUME: Final = "shard-token"
+TOKEN_VOLUME: Final = "shard-token"  # also in policy.SIDECAR_VOLUMES
 TOKEN_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: What the API server's own kube-api-access volumes use (1h plus a few seconds,
 #: which marks the token as kubelet-refreshed for the legacy-token metrics).

@@ -66,3 +66,9 @@ def test_flags_beat_environment_beat_defaults() -> None:
 def test_bad_settings_name_the_flag_and_value(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load(argv, {})
+
+
+def test_render_and_policy_agree_on_volume_names() -> None:
+    from webhook import policy, render
+
+    assert set(policy.SIDECAR_VOLUMES) == {render.PODINFO_VOLUME, render.TOKEN_VOLUME}
