@@ -32,3 +32,16 @@ def test_same_operations_as_a_full_diff(path: Path, version: str) -> None:
     assert outcome.patch[-1]["path"].endswith("shard.io~1status") or \
         outcome.patch[-1]["path"] == "/metadata/annotations", "the status comes last"
     assert jsonpatch.apply_patch(pod, outcome.patch) == outcome.pod
+
+
+def test_a_rollout_diffs_once_and_gets_the_same_patch() -> None:
+    from webhook import patch as patch_module
+
+    pod, namespace_obj, namespace = load_input(TESTDATA / "several-routes.yaml")
+    settings = Settings(sidecar_image="example.com/cache-test:1")
+    first = inject(pod, namespace, namespace_obj, settings)
+    hits = patch_module._diff_text.cache_info().hits
+    second = inject(json.loads(json.dumps(pod)), namespace, namespace_obj, settings)
+    assert patch_module._diff_text.cache_info().hits == hits + 1
+    assert second.patch == first.patch
+    assert second.patch is not first.patch, "callers get their own operations"
