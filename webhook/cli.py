@@ -19,8 +19,10 @@ Process model and why:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
+import shutil
 import ssl
 import sys
 import tempfile
@@ -155,6 +157,12 @@ def prepare(settings: Settings) -> tuple[Settings, str, str, Any]:
         store, cert_file, key_file, settings.cert_check_s, stop)
 
 
+def _remove_in_master(path: str, master: int) -> None:
+    # Workers are forks of the master and inherit its atexit hooks.
+    if os.getpid() == master:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     try:
         settings = load(argv, os.environ, DESCRIPTION)
@@ -163,7 +171,9 @@ def main(argv: list[str]) -> int:
         return 2
     logs.setup(settings.log_level)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="shardmesh-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="shardmesh-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        atexit.register(_remove_in_master, metrics_dir, os.getpid())
     try:
         settings, cert_file, key_file, on_ready = prepare(settings)
     except Exception as err:  # the message is all an operator needs; no traceback
