@@ -315,9 +315,26 @@ def parse_resources(annotations: Mapping[str, str]) -> Resources:
     )
 
 
+#: The global (un-suffixed) route options and their validators.
+_OPTION_PARSERS: Final[tuple[tuple[str, Callable[[str, str], object]], ...]] = (
+    (KEY, parse_key_source),
+    (STRATEGY, parse_strategy),
+    (UNAVAILABLE, parse_unavailable),
+    (TIMEOUT, parse_duration),
+)
+
+
 def validate_pod(annotations: Mapping[str, str], pod_namespace: str) -> tuple[RouteSpec, ...]:
-    """Everything the webhook checks before injecting; returns the parsed routes."""
+    """Everything the webhook checks before injecting; returns the parsed routes.
+
+    Global options are checked on their own as well: routes only parse the ones
+    they use, and with no ``shard.io/backend`` yet a bad global would slip through
+    and bite when a later edit adds a backend.
+    """
     routes = parse_routes(annotations, pod_namespace)
+    for option, parse in _OPTION_PARSERS:
+        if option in annotations:
+            parse(option, annotations[option])
     parse_resources(annotations)
     return routes
 

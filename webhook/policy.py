@@ -71,7 +71,6 @@ def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> 
         return skipped(reasons.INJECTION_NOT_ENABLED)
     try:
         routes = ann.validate_pod(annotations_of(pod), namespace)
-        check_global_options(annotations_of(pod))
     except ann.AnnotationError as err:
         return rejected(reasons.INVALID_ANNOTATION, str(err))
     taken = sorted(_volume_names(pod) & set(SIDECAR_VOLUMES))
@@ -80,24 +79,6 @@ def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> 
                         f"the pod already has a volume named '{taken[0]}', which the "
                         f"shard-router sidecar needs; rename it")
     return Decision("injected", reasons.INJECTED, reasons.SENTENCES[reasons.INJECTED], routes)
-
-
-#: The global (un-suffixed) route options and their validators.
-GLOBAL_OPTIONS: Final = (
-    (ann.KEY, ann.parse_key_source),
-    (ann.STRATEGY, ann.parse_strategy),
-    (ann.UNAVAILABLE, ann.parse_unavailable),
-    (ann.TIMEOUT, ann.parse_duration),
-)
-
-
-def check_global_options(annotations: dict[str, str]) -> None:
-    """``validate_pod`` checks an option only through the routes that use it; with
-    no ``shard.io/backend`` (yet) a bad global option would slip through and bite
-    when a backend is added by a later edit. Check them on their own too."""
-    for option, parse in GLOBAL_OPTIONS:
-        if option in annotations:
-            parse(option, annotations[option])
 
 
 def _volume_names(pod: Obj) -> set[str]:
