@@ -289,5 +289,7 @@ def test_stale_pooled_connection(method: str, status: int,
         else:
             assert json.loads(body)["error"] == "upstream_error"
     finally:
-        server.close()
+        with contextlib.suppress(OSError):  # wake a backend still waiting in accept()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
         thread.join(2)
+        server.close()
