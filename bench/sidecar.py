@@ -69,6 +69,9 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    requests: int = 0
+    #: CPU time the proxy spent per request (the sidecar only; 0 when not measured).
+    cpu_us: float = 0.0
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -76,6 +79,7 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 def parse_wrk(output: str) -> Result:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
 
     def percentile(p: str) -> float:
         match = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
@@ -83,7 +87,7 @@ def parse_wrk(output: str) -> Result:
             raise RuntimeError(f"no {p}% latency in wrk output:\n{output}")
         return float(match[1]) * _UNITS[match[2]]
 
-    return Result(rps, percentile("50"), percentile("99"))
+    return Result(rps, percentile("50"), percentile("99"), requests)
 
 
 class Bench:
@@ -141,9 +145,22 @@ class Bench:
                                     f"http://127.0.0.1:{port}/backend/"]
         subprocess.run(argv, capture_output=True, check=True)
 
-    def measure(self, port: int) -> dict[int, Result]:
+    def measure(self, port: int, pid: int | None = None) -> dict[int, Result]:
         self.warm(port)
-        return {c: self.wrk(port, c) for c in (1, 50)}
+        results = {}
+        for connections in (1, 50):
+            before = cpu_seconds(pid) if pid else 0.0
+            result = self.wrk(port, connections)
+            if pid:
+                result.cpu_us = (cpu_seconds(pid) - before) * 1e6 / max(result.requests, 1)
+            results[connections] = result
+        return results
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -201,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             for name, port in targets.items():
                 if name == "sidecar":
                     with rss_sampler(sidecar.pid) as samples:
-                        result = bench.measure(port)
+                        result = bench.measure(port, sidecar.pid)
                     rss_samples += samples
                 else:
                     result = bench.measure(port)
@@ -219,7 +236,7 @@ def median(results: list[Result]) -> Result:
         return sorted(values)[len(values) // 2]
 
     return Result(mid([r.rps for r in results]), mid([r.p50_ms for r in results]),
-                  mid([r.p99_ms for r in results]))
+                  mid([r.p99_ms for r in results]), 0, mid([r.cpu_us for r in results]))
 
 
 def report(results: dict[str, dict[int, Result]], rss_kib: int, pinned: bool,
@@ -241,7 +258,8 @@ def report(results: dict[str, dict[int, Result]], rss_kib: int, pinned: bool,
     rps_ratio = side[50].rps / nginx[50].rps
     p50_ratio = side[1].p50_ms / nginx[1].p50_ms
     rss_mb = rss_kib / 1024
-    print(f"\nsidecar peak RSS under load: {rss_mb:.1f} MiB")
+    print(f"\nsidecar peak RSS under load: {rss_mb:.1f} MiB; CPU per request: "
+          f"{side[1].cpu_us:.1f} us @1, {side[50].cpu_us:.1f} us @50 (load-independent)")
     checks = [
         (f"rps@50 >= {GOALS['rps50']}x nginx", f"{rps_ratio:.2f}x", rps_ratio >= GOALS["rps50"]),
         (f"p50@1 <= {GOALS['p50_1']}x nginx", f"{p50_ratio:.2f}x", p50_ratio <= GOALS["p50_1"]),
