@@ -144,7 +144,11 @@ class ShardMap:
         old = self.routes.get(key)
         if old is None:
             return  # the route was removed while its watch was delivering
-        state = replace(old, synced=synced, count=count, shards=tuple(shards), problem=problem,
+        shards = tuple(shards)
+        if (old.synced == synced and old.count == count and old.shards == shards
+                and old.problem == problem):
+            return  # e.g. a pod's status heartbeat: nothing that routing sees changed
+        state = replace(old, synced=synced, count=count, shards=shards, problem=problem,
                         synced_at=time.monotonic() if synced else old.synced_at, pools={})
         self._set(key, state)
 

@@ -85,6 +85,9 @@ def test_resolve_never_answers_for_another_ordinal() -> None:
                                                  Shard(1, False), Shard(2, True, ("h", 2))])
     state = shard_map.routes[b"ledger"]
     assert resolve(state, "5") == (2, state.shards[2])
+    generation = shard_map.generation
+    shard_map.update("ledger", count=3, shards=list(state.shards))  # a status heartbeat
+    assert shard_map.generation == generation and shard_map.routes[b"ledger"] is state
     with pytest.raises(ProxyError) as caught:
         resolve(state, "4")  # 4 mod 3 = 1, which is down: no fallback to 0 or 2
     assert (caught.value.code, caught.value.details["ordinal"]) == ("shard_unavailable", 1)
