@@ -22,6 +22,7 @@ Invariants (tests/unit/test_shardfn.py and tests/vectors/shard_vectors.json hold
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final, Literal
 
 import xxhash
@@ -92,6 +93,16 @@ def rendezvous(key: str, count: int) -> int:
 
 
 _FUNCTIONS: Final = {"modulo": modulo, "jump": jump, "rendezvous": rendezvous}
+
+
+def function_for(strategy: Strategy) -> Callable[[str, int], int]:
+    """The (key, count) -> ordinal function of a strategy, for callers that check count >= 1."""
+    try:
+        return _FUNCTIONS[strategy]
+    except KeyError:
+        raise ValueError(
+            f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}"
+        ) from None
 
 
 def ordinal_for(key: str, strategy: Strategy, count: int) -> int:

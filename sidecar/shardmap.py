@@ -19,7 +19,7 @@ from typing import Any
 
 from sidecar.annotations import RouteSpec
 from sidecar.errors import ProxyError
-from sidecar.shardfn import ordinal_for
+from sidecar.shardfn import function_for, modulo
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,14 @@ class RouteState:
     key_header: bytes = field(default=b"", compare=False)
     #: ordinal -> its upstream pool, filled by the proxy (a cache; this state's addresses only).
     pools: dict[int, Any] = field(default_factory=dict, compare=False)
+    #: Precomputed: the strategy's (key, count) -> ordinal function.
+    ordinal_of: Callable[[str, int], int] = field(default=modulo, compare=False)
 
     @classmethod
     def initial(cls, spec: RouteSpec) -> RouteState:
         header = spec.key.name.lower().encode() if spec.key.kind == "header" else b""
-        return cls(spec=spec, key_header=header, problem="not synced yet")
+        return cls(spec=spec, key_header=header, problem="not synced yet",
+                   ordinal_of=function_for(spec.strategy))
 
     def shard(self, ordinal: int) -> Shard:
         if ordinal < len(self.shards):
@@ -86,8 +89,9 @@ def resolve(state: RouteState, key: str) -> tuple[int, Shard]:
         raise ProxyError("shard_map_not_ready",
                          f"the shard map of route '{state.spec.name}' is not ready: "
                          f"{state.problem or 'no replicas'}", route=state.spec.name)
-    ordinal = ordinal_for(key, state.spec.strategy, state.count)
-    shard = state.shard(ordinal)
+    ordinal = state.ordinal_of(key, state.count)
+    shards = state.shards
+    shard = shards[ordinal] if ordinal < len(shards) else Shard(ordinal=ordinal)
     if not shard.ready or shard.address is None:
         raise ProxyError("shard_unavailable",
                          f"ordinal {ordinal} of route '{state.spec.name}' "
@@ -134,7 +138,8 @@ class ShardMap:
                 self._set(name, RouteState.initial(spec))
             elif old.spec != spec:
                 fresh = RouteState.initial(spec)
-                self._set(name, replace(old, spec=spec, key_header=fresh.key_header, pools={}))
+                self._set(name, replace(old, spec=spec, key_header=fresh.key_header, pools={},
+                                        ordinal_of=fresh.ordinal_of))
         return rebuild
 
     def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",

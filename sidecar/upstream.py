@@ -181,8 +181,11 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadersOnly
 
     def on_body(self, data: bytes) -> None:
-        if self.listener is not None and not self.informational:
-            self.listener.on_response_body(data)
+        if self.informational:
+            return
+        listener = self.listener
+        if listener is not None:
+            listener.on_response_body(data)
 
     def on_message_complete(self) -> None:
         if self.informational:
