@@ -26,7 +26,7 @@ def cluster_ca(api: client.ApiClient, namespace: str) -> str:
     core = client.CoreV1Api(api)
     config_map = wait_for(lambda: core.read_namespaced_config_map("kube-root-ca.crt", namespace),
                           f"ConfigMap kube-root-ca.crt in {namespace}", timeout=30)
-    ca: str = config_map.data["ca.crt"]
+    ca: str = (config_map.data or {})["ca.crt"]
     return ca
 
 
@@ -41,9 +41,11 @@ def service_account_token(api: client.ApiClient, namespace: str, account: str,
     core = client.CoreV1Api(api)
     wait_for(lambda: core.read_namespaced_service_account(account, namespace),
              f"ServiceAccount {namespace}/{account}", timeout=30)
-    answer = core.create_namespaced_service_account_token(account, namespace, {"spec": spec})
-    token: str = answer.status.token
-    return token
+    body: Any = {"spec": spec}
+    answer = core.create_namespaced_service_account_token(account, namespace, body)
+    if answer.status is None or not answer.status.token:
+        raise RuntimeError(f"TokenRequest for {namespace}/{account} returned no token")
+    return str(answer.status.token)
 
 
 def write_service_account_kubeconfig(path: Path, server: str, api: client.ApiClient,

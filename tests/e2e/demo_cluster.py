@@ -168,8 +168,10 @@ def main(argv: list[str]) -> int:
                 run(story, args.show)
         finally:
             kubelet.stop()
-    except DemoFailure as failure:
-        print(f"\ndemo-cluster FAILED: {failure}", file=sys.stderr)
+    except (DemoFailure, AssertionError, RuntimeError) as failure:
+        # A claim that did not hold, a wait that timed out, or a process that did not start:
+        # the message says which (and carries the log of the process at fault).
+        print(f"\ndemo-cluster FAILED: {type(failure).__name__}: {failure}", file=sys.stderr)
         return 1
     finally:
         cp.stop()

@@ -90,7 +90,8 @@ def webhook_environment(documents: list[dict[str, Any]]) -> tuple[dict[str, str]
 
 def ca_bundle(api: client.ApiClient, name: str) -> bytes:
     config = client.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(name)
-    value = config.webhooks[0].client_config.ca_bundle
+    hooks = config.webhooks or []
+    value = hooks[0].client_config.ca_bundle if hooks else None
     return base64.b64decode(value) if value else b""
 
 

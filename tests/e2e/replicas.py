@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from shardmesh.accounts_backend import AccountsBackend, Ledger
 from sidecar.shardfn import Strategy
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kubelet import Kubelet
+from tests.cluster.kubelet import Kubelet, raw_json
 from tests.e2e.verdicts import Holding
 
 POLL = 0.1
@@ -132,9 +132,12 @@ class Replicas:
             self._stop.wait(POLL)
 
     def sync(self) -> None:
-        pods = self._api.list_namespaced_pod(self.namespace, _request_timeout=5).items
-        alive = {p.metadata.name: p.metadata.uid for p in pods
-                 if p.metadata.deletion_timestamp is None and self._pattern.match(p.metadata.name)}
+        pods = raw_json(self._api.list_namespaced_pod(self.namespace, _preload_content=False,
+                                                      _request_timeout=5))["items"]
+        alive: dict[str, str] = {
+            p["metadata"]["name"]: p["metadata"]["uid"] for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and self._pattern.match(p["metadata"]["name"])}
         with self._lock:
             for name, (uid, backend) in list(self._live.items()):
                 if alive.get(name) != uid:

@@ -50,6 +50,11 @@ ROLEBINDING_EXAMPLE = install.MANIFESTS / "examples" / "sidecar-rolebinding.yaml
 MAP_TIMEOUT = 60.0
 
 
+def as_body(manifest: dict[str, Any]) -> Any:
+    """A plain manifest for the typed client (it accepts dicts; its stubs want models)."""
+    return manifest
+
+
 def client_annotations() -> dict[str, str]:
     return {"shard.io/backend": f"{ROUTE}={STATEFULSET}:{PORT}",
             f"shard.io/key.{ROUTE}": "path:1",
@@ -124,7 +129,8 @@ class Story:
         assert self.installation is not None, "apply_manifests() first"
         labels = {"shard.io/inject": "true", **self.installation.namespace_labels}
         self.say(f"namespace {self.namespace} with label shard.io/inject=true")
-        self.core.create_namespace({"metadata": {"name": self.namespace, "labels": labels}})
+        self.core.create_namespace(as_body({"metadata": {"name": self.namespace,
+                                                         "labels": labels}}))
         self._cleanup.callback(self._delete_namespace)
         self.kubelet.watch(self.namespace)
         wait_for(lambda: self.core.read_namespaced_service_account("default", self.namespace),
@@ -141,7 +147,7 @@ class Story:
         subject = binding["subjects"][0]
         subject["namespace"] = self.namespace
         self.core.create_namespaced_service_account(
-            self.namespace, {"metadata": {"name": subject["name"]}})
+            self.namespace, as_body({"metadata": {"name": subject["name"]}}))
         client.RbacAuthorizationV1Api(self.api).create_namespaced_role_binding(
             self.namespace, binding)
         self.say(f"RoleBinding {binding['metadata']['name']}: ClusterRole "
@@ -153,14 +159,14 @@ class Story:
         self.say(f"StatefulSet {STATEFULSET} ({replicas} replicas, pods opted out) "
                  f"+ headless Service; each pod's process is an AccountsBackend on its pod IP")
         labels = {"app": STATEFULSET}
-        self.core.create_namespaced_service(self.namespace, {
+        self.core.create_namespaced_service(self.namespace, as_body({
             "metadata": {"name": STATEFULSET},
             "spec": {"clusterIP": "None", "selector": labels,
-                     "ports": [{"name": "http", "port": PORT}]}})
+                     "ports": [{"name": "http", "port": PORT}]}}))
         self.replicas = Replicas(self.cp, self.kubelet, self.namespace, STATEFULSET, PORT,
                                  STRATEGY).start()
         self._cleanup.callback(self.replicas.stop)
-        self.apps.create_namespaced_stateful_set(self.namespace, {
+        self.apps.create_namespaced_stateful_set(self.namespace, as_body({
             "metadata": {"name": STATEFULSET},
             "spec": {"serviceName": STATEFULSET, "replicas": replicas,
                      "selector": {"matchLabels": labels},
@@ -169,7 +175,7 @@ class Story:
                                       "annotations": {"shard.io/inject": "false"}},
                          "spec": {"containers": [{
                              "name": "accounts", "image": "example.invalid/accounts:1",
-                             "ports": [{"containerPort": PORT}]}]}}}})
+                             "ports": [{"containerPort": PORT}]}]}}}}))
 
     def create_client(self, service_account: str) -> dict[str, Any]:
         """The client Deployment; returns its pod as stored (after the webhook)."""
@@ -177,14 +183,14 @@ class Story:
         self.say(f"Deployment {CLIENT} with "
                  + ", ".join(f"{k}: {v}" for k, v in annotations.items()))
         labels = {"app": CLIENT}
-        self.apps.create_namespaced_deployment(self.namespace, {
+        self.apps.create_namespaced_deployment(self.namespace, as_body({
             "metadata": {"name": CLIENT},
             "spec": {"replicas": 1, "selector": {"matchLabels": labels},
                      "template": {
                          "metadata": {"labels": labels, "annotations": annotations},
                          "spec": {"serviceAccountName": service_account,
                                   "containers": [{"name": "app",
-                                                  "image": "example.invalid/client:1"}]}}}})
+                                                  "image": "example.invalid/client:1"}]}}}}))
         return wait_for(lambda: self._pods(f"app={CLIENT}")[:1],
                         f"the {CLIENT} pod in {self.namespace}", timeout=60)[0]
 

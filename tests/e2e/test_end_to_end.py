@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def assert_outage(result: Round, ordinal: int) -> None:
     assert {a.status for a in result.answers} == {200, 503}, (result.title, statuses)
 
 
-def assert_injected(story: Story, client_pod: dict, backend_pods: list[dict]) -> None:
+def assert_injected(client_pod: dict[str, Any], backend_pods: list[dict[str, Any]]) -> None:
     names = [c["name"] for c in (client_pod["spec"].get("initContainers") or [])
              + client_pod["spec"]["containers"]]
     assert names.count(podspec.SIDECAR) == 1, names
@@ -64,7 +65,7 @@ def test_end_to_end(control_plane: ControlPlane, kubelet: Kubelet, tmp_path: Pat
     with Story(control_plane, kubelet, tmp_path,
                say=lambda text: print(f"{time.monotonic() - began:6.1f}s {text}")) as story:
         found = story.set_up(replicas=3)
-        assert_injected(story, found.client_pod, found.backend_pods)
+        assert_injected(found.client_pod, found.backend_pods)
         assert story.replicas is not None
         assert_clean(story.deposit_round("N=3", 3))
 

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from sidecar.shardfn import ordinal_for
+from sidecar.shardfn import Strategy, ordinal_for
 from tests.e2e.traffic import Answer
 from tests.e2e.verdicts import Holding, answer_violations, epoch_violations, moved
 
-STS, STRATEGY, N = "svc", "jump", 3
+STS, N = "svc", 3
+STRATEGY: Strategy = "jump"
 ACCOUNTS = [str(n) for n in range(20)]
 
 
