@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 import time
 from typing import Protocol
 
@@ -207,4 +208,10 @@ def run(settings: Settings) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    return uvloop.run(serve(settings))
+    from sidecar.discovery import StartupError
+
+    try:
+        return uvloop.run(serve(settings))
+    except (StartupError, OSError) as err:  # e.g. no kubeconfig, or the port is taken
+        print(f"shardmesh sidecar: {err}", file=sys.stderr)
+        return 1

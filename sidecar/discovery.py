@@ -111,13 +111,22 @@ def api_client(settings: Settings) -> Any:
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    if settings.kubeconfig:
-        config.load_kube_config(config_file=settings.kubeconfig,  # type: ignore[no-untyped-call]
-                                client_configuration=configuration)
-    else:
-        config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration)
+    try:
+        if settings.kubeconfig:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=settings.kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+    except (config.ConfigException, OSError, ValueError) as err:
+        where = f"kubeconfig {settings.kubeconfig}" if settings.kubeconfig else \
+            "in-cluster config (no --kubeconfig or KUBECONFIG given)"
+        raise StartupError(f"cannot load the {where}: {err}") from None
     return client.ApiClient(configuration)
+
+
+class StartupError(RuntimeError):
+    """The sidecar cannot start; the message says why (shown without a traceback)."""
 
 
 Publish = Callable[[int, list[Shard], str], None]

@@ -143,3 +143,30 @@ def test_bad_arguments_exit_2_naming_the_value(args: list[str], message: str) ->
                             timeout=30)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_unusable_kubeconfig_exits_1_with_the_reason(tmp_path: Path) -> None:
+    annotations = tmp_path / "annotations"
+    annotations.write_text('shard.io/backend="ledger"\n')
+    result = subprocess.run(
+        sidecar_command("--annotations-file", str(annotations), "--kubeconfig",
+                        str(tmp_path / "missing"), "--listen", "127.0.0.1:0", "--admin", "off"),
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO), "POD_NAMESPACE": "shop"})
+    assert result.returncode == 1
+    assert f"cannot load the kubeconfig {tmp_path / 'missing'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_taken_port_exits_1_with_the_reason() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            sidecar_command("--route", "svc=127.0.0.1:1", "--listen", f"127.0.0.1:{port}",
+                            "--admin", "off"),
+            cwd=REPO, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr.lower()
