@@ -151,9 +151,8 @@ def main(argv: list[str]) -> int:
     try:
         bins = binaries.locate(build_if_missing=False)
     except binaries.MissingBinaries as exc:
-        print(f"demo-cluster: {exc}\nRun 'make cluster-bins' first "
-              "(it builds kube-apiserver, kube-controller-manager, kubectl and etcd once).",
-              file=sys.stderr)
+        hint = "" if "make cluster-bins" in str(exc) else " (run 'make cluster-bins' first)"
+        print(f"demo-cluster: {exc}{hint}", file=sys.stderr)
         return 1
     began = time.monotonic()
     heading("Starting a control plane on 127.0.0.1 (etcd, kube-apiserver, "

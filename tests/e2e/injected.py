@@ -116,9 +116,25 @@ def probe_port(container: podspec.Obj, probe: str) -> tuple[str, int]:
     return get["path"], int(get["port"])
 
 
-def launch(api: client.ApiClient, server: str, pod: podspec.Obj, workdir: Path,
-           wait: float = 30.0) -> InjectedSidecar:
-    """Start the pod's shard-router as a process and wait for its readinessProbe."""
+@dataclass(frozen=True)
+class Plan:
+    """How the container will run here: its translated argv, env and where it answers."""
+
+    injected: list[str]
+    args: list[str]
+    env: dict[str, str]
+    listen_port: int
+    admin_port: int
+    readiness_path: str
+
+
+def plan(pod: podspec.Obj, workdir: Path) -> Plan:
+    """Write the container's downward API files and work out its command line.
+
+    Raises SidecarFailed when the injected container could not work in a real pod:
+    no argument names a downward API mount, or the readinessProbe is not on the
+    admin port the sidecar will listen on.
+    """
     container, _ = podspec.find_container(pod)
     injected = podspec.argv(container)
     env = podspec.environment(pod, container)
@@ -127,9 +143,6 @@ def launch(api: client.ApiClient, server: str, pod: podspec.Obj, workdir: Path,
     if not used:
         raise SidecarFailed(f"the injected command {injected} names none of the downward API "
                             f"mounts {sorted(mounts)}: the sidecar could not read the annotations")
-    kubeconfig = write_service_account_kubeconfig(
-        workdir / "sidecar.kubeconfig", server, api, pod["metadata"]["namespace"],
-        pod["spec"].get("serviceAccountName") or "default", bound_pod=pod)
     defaults = build_parser().parse_args(["--annotations-file", "x"])
     admin = podspec.flag_value(args, "--admin") or defaults.admin
     path, port = probe_port(container, "readinessProbe")
@@ -138,23 +151,33 @@ def launch(api: client.ApiClient, server: str, pod: podspec.Obj, workdir: Path,
     # The data port 127.0.0.1:15001 and the admin port 15020 may be taken on a shared
     # machine (other tests, a real sidecar): when the webhook leaves them at their
     # defaults, free ones are appended (argparse keeps the last value of a flag).
-    listen_port = admin_port = 0
-    if podspec.flag_value(args, "--listen") is None:
+    listen = podspec.flag_value(args, "--listen")
+    if listen is None:
         listen_port = free_port()
         args += ["--listen", f"{HOST}:{listen_port}"]
     else:
-        listen_port = int(str(podspec.flag_value(args, "--listen")).rsplit(":", 1)[1])
+        listen_port = int(listen.rsplit(":", 1)[1])
+    admin_port = port
     if podspec.flag_value(args, "--admin") is None:
         admin_port = free_port()
         args += ["--admin", f"{HOST}:{admin_port}"]
-    else:
-        admin_port = port
-    argv = [executable(args[0]), *args[1:]]
+    return Plan(injected, args, env, listen_port, admin_port, path)
+
+
+def launch(api: client.ApiClient, server: str, pod: podspec.Obj, workdir: Path,
+           wait: float = 30.0) -> InjectedSidecar:
+    """Start the pod's shard-router as a process and wait for its readinessProbe."""
+    how = plan(pod, workdir)
+    kubeconfig = write_service_account_kubeconfig(
+        workdir / "sidecar.kubeconfig", server, api, pod["metadata"]["namespace"],
+        pod["spec"].get("serviceAccountName") or "default", bound_pod=pod)
+    argv = [executable(how.args[0]), *how.args[1:]]
     log = workdir / "sidecar.log"
-    process_env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": str(kubeconfig), **env}
+    process_env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": str(kubeconfig), **how.env}
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=process_env)
-    sidecar = InjectedSidecar(proc, injected, argv, listen_port, admin_port, path, log)
+    sidecar = InjectedSidecar(proc, how.injected, argv, how.listen_port, how.admin_port,
+                              how.readiness_path, log)
     wait_ready(sidecar, wait)
     return sidecar
 
