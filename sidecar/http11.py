@@ -70,17 +70,22 @@ def split_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     An absolute-form target (``http://host/route/...``) is accepted as RFC 9112
     asks of servers; its authority is dropped.
     """
-    if url[:7].lower() == b"http://":
+    if url[:1] != b"/":
+        if url[:7].lower() != b"http://":
+            return None
         slash = url.find(b"/", 7)
         url = url[slash:] if slash >= 0 else b"/"
-    if url[:1] != b"/":
-        return None
     mark = url.find(b"?")
-    path, query = (url, b"") if mark < 0 else (url[:mark], url[mark + 1:])
+    if mark < 0:
+        second = url.find(b"/", 1)
+        if second < 0:
+            return url[1:], b"/", b"/", b""
+        rest = url[second:]
+        return url[1:second], rest, rest, b""
+    path, query = url[:mark], url[mark + 1:]
     second = path.find(b"/", 1)
     if second < 0:
         route, rest = path[1:], b"/"
     else:
         route, rest = path[1:second], path[second:]
-    target = rest if mark < 0 else rest + b"?" + query
-    return route, target, rest, query
+    return route, rest + b"?" + query, rest, query
