@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from sidecar.annotations import format_downward_file
+from sidecar.annotations import format_downward_file, parse_routes
 from sidecar.discovery import RouteWatch, api_client
 from sidecar.metrics import Stats
 from sidecar.settings import Settings
@@ -251,10 +251,7 @@ def test_apiserver_restart_is_survived_without_misrouting(cluster: Cluster,
 def test_watch_expiry_410_relists(cluster: Cluster, control_plane: ControlPlane) -> None:
     cluster.create(2)
     cluster.kubelet.set_ready(cluster.namespace, f"{STS}-1", True)
-    spec = settings_from_args(["--route", "x=127.0.0.1:1"]).static_routes[0].spec
-    spec = type(spec)(backend=type(spec.backend)(route=STS, statefulset=STS,
-                                                 namespace=cluster.namespace, port=None),
-                      key=spec.key, strategy=spec.strategy, wait_ms=0, timeout_s=30)
+    (spec,) = parse_routes({"shard.io/backend": STS}, cluster.namespace)
     published: list[tuple[int, list[Shard], str]] = []
     stats = Stats()
     settings = Settings(kubeconfig=str(control_plane.kubeconfig))
