@@ -250,14 +250,17 @@ def test_apiserver_restart_is_survived_without_misrouting(cluster: Cluster,
 
 def test_watch_expiry_410_relists(cluster: Cluster, control_plane: ControlPlane) -> None:
     cluster.create(2)
-    cluster.kubelet.set_ready(cluster.namespace, f"{STS}-1", True)
+    core = client.CoreV1Api(control_plane.api_client())
+    before = core.list_namespaced_pod(cluster.namespace).metadata.resource_version
+    # A restarted apiserver's watch cache starts at the newest revision: watching from
+    # an older one is "too old resource version", 410 Gone, as after a long disconnect.
+    control_plane.restart_apiserver()
     (spec,) = parse_routes({"shard.io/backend": STS}, cluster.namespace)
     published: list[tuple[int, list[Shard], str]] = []
     stats = Stats()
     settings = Settings(kubeconfig=str(control_plane.kubeconfig))
-    # resourceVersion "1" is far older than the apiserver's watch cache: 410 Gone.
     watch = RouteWatch(spec, api_client(settings), lambda *a: published.append(a), stats,
-                       resume_from="1")
+                       resume_from=before)
     watch.start()
     try:
         wait_for(lambda: published and published[-1][0] == 2 and all(
