@@ -23,6 +23,7 @@ cluster-bins:
 
 test: venv cluster-bins
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 unit: venv
