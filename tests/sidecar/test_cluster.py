@@ -251,6 +251,14 @@ def test_apiserver_restart_is_survived_without_misrouting(cluster: Cluster,
 def test_watch_expiry_410_relists(cluster: Cluster, control_plane: ControlPlane) -> None:
     cluster.create(2)
     core = client.CoreV1Api(control_plane.api_client())
+
+    def both_ready() -> bool:
+        pods = core.list_namespaced_pod(cluster.namespace).items
+        return len(pods) == 2 and all(p.status.pod_ip and any(
+            c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            for p in pods)
+
+    wait_for(both_ready, "2 ready pods")  # the simulated kubelet is idle during the restart
     before = core.list_namespaced_pod(cluster.namespace).metadata.resource_version
     # A restarted apiserver's watch cache starts at the newest revision: watching from
     # an older one is "too old resource version", 410 Gone, as after a long disconnect.
