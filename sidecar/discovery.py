@@ -135,11 +135,8 @@ Publish = Callable[[int, list[Shard], str], None]
 class RouteWatch:
     """The two watches of one route, feeding ``publish`` with every new snapshot."""
 
-    def __init__(self, spec: RouteSpec, client: Any, publish: Publish, stats: Stats,
-                 resume_from: str | None = None) -> None:
+    def __init__(self, spec: RouteSpec, client: Any, publish: Publish, stats: Stats) -> None:
         self.spec, self.client, self.publish, self.stats = spec, client, publish, stats
-        #: Watch from this resourceVersion before any list (tests use a stale one to force 410).
-        self.resume_from = resume_from
         self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.sts: StatefulSetInfo | None = None
@@ -170,7 +167,7 @@ class RouteWatch:
         from kubernetes.client.exceptions import ApiException
 
         namespace = self.spec.backend.namespace
-        version: str | None = self.resume_from
+        version: str | None = None
         backoff = BACKOFF_START
         while not self.stopped.is_set():
             try:
