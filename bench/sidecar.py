@@ -5,7 +5,7 @@ vs nginx) and the sidecar's RSS under load. ``make bench-sidecar`` runs it after
 ``bench/ensure-peers.sh`` installed wrk, nginx and haproxy.
 
 Everything runs on 127.0.0.1 with configs written to a temp dir from the
-shared anchors (/work/shared/anchors, or bench/anchors when copied there),
+anchors in bench/anchors (copied from the shared anchors),
 ports adapted. Fairness: with ``--pin`` (the default on machines with 2+
 CPUs) the proxy under test gets CPU 1 to itself, and wrk plus the nginx
 backends share CPU 0, the same for every contender.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ANCHOR_DIRS = (REPO / "bench" / "anchors", Path("/work/shared/anchors"))
+ANCHOR_DIRS = (REPO / "bench" / "anchors", REPO.parent / "shared" / "anchors")
 GOALS = {"rps50": 0.75, "p50_1": 1.5, "rss_mb": 60}
 
 
