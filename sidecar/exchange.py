@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sidecar import http11, keys
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmesh.sidecar.proxy")
 
 _HEAD = b"HEAD"
+#: http11.shard_headers' cache, read here without the call.
+_SHARD_HEADERS = http11.SHARD_HEADERS
 _RETRY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 #: Bytes of request body held for a request not yet connected before reading pauses.
 _PENDING_LIMIT = 256 * 1024
@@ -75,9 +78,12 @@ class Exchange:
     began = False
     target = b""
     head_base = 0
+    flush: Callable[[], None]
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
+        #: The client's flush, bound once (the upstream calls it after every read).
+        self.flush = conn.flush
         #: The upstream head as it is built: [request line, name, ": ", value, CRLF, ...].
         self.head: list[bytes] = [b""]
         #: Lower-cased header name -> first value, for the key lookup.
@@ -206,11 +212,13 @@ class Exchange:
             assert shard.address is not None
             pool = state.pools[ordinal] = self.conn.ctx.pools.get(state.spec.name, ordinal,
                                                                   shard.address)
-        upstream = pool.take_idle()
-        if upstream is None:
-            self.task = self.conn.loop.create_task(self.connect_and_send(pool))
-        else:
-            self.attach(upstream)
+        idle = pool.idle
+        while idle:  # Pool.take_idle, inline: this runs for every request
+            upstream = idle.pop()
+            if not upstream.closed:
+                self.attach(upstream)
+                return
+        self.task = self.conn.loop.create_task(self.connect_and_send(pool))
 
     async def connect_and_send(self, pool: Pool) -> None:
         ctx = self.conn.ctx
@@ -247,7 +255,8 @@ class Exchange:
         if self.drop:
             head = _without(head, self.drop)
         head[0] = b"%b %b HTTP/1.1\r\n" % (self.method, self.target)
-        head.append(http11.shard_headers(self.ordinal, state.count))
+        ordinal, count = self.ordinal, state.count
+        head.append(_SHARD_HEADERS.get((ordinal, count)) or http11.shard_headers(ordinal, count))
         if self.chunked:
             head.append(http11.CHUNKED)
         elif self.content_length is not None:
@@ -378,9 +387,6 @@ class Exchange:
 
     def on_upstream_drained(self) -> None:
         self.conn.unblock(BLOCK_UPSTREAM)
-
-    def flush(self) -> None:
-        self.conn.flush()
 
     def on_timeout(self) -> None:
         if self.finished or self.response_started:

@@ -39,7 +39,7 @@ CLOSE: Final = b"Connection: close\r\n"
 KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 NO_BODY_STATUS: Final = frozenset({204, 304})
 
-_shard_headers: dict[tuple[int, int], bytes] = {}
+SHARD_HEADERS: dict[tuple[int, int], bytes] = {}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
@@ -56,11 +56,11 @@ def chunk(data: bytes) -> bytes:
 
 def shard_headers(ordinal: int, count: int) -> bytes:
     """``X-Shard-Ordinal`` and ``X-Shard-Count`` for the upstream request (cached)."""
-    block = _shard_headers.get((ordinal, count))
+    block = SHARD_HEADERS.get((ordinal, count))
     if block is None:
         block = b"X-Shard-Ordinal: %d\r\nX-Shard-Count: %d\r\n" % (ordinal, count)
-        if len(_shard_headers) < 65536:
-            _shard_headers[(ordinal, count)] = block
+        if len(SHARD_HEADERS) < 65536:
+            SHARD_HEADERS[(ordinal, count)] = block
     return block
 
 

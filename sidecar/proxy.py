@@ -107,7 +107,8 @@ class ClientConnection(asyncio.Protocol):
                 self.protocol_error(ProxyError(
                     "headers_too_large",
                     f"request head is over {settings.max_header_bytes} bytes"))
-        self.flush()
+        if self.out:  # usually empty: responses are written from the backend's side
+            self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
