@@ -39,8 +39,9 @@ class Settings:
     #: "self": generate and rotate the CA and serving certificate; "file": read
     #: ``cert_file``/``key_file`` (for cert-manager) and reload them on change.
     cert_mode: CertMode = "self"
-    #: File mode: the serving certificate (chain) and its key, PEM.
+    #: File mode: the serving certificate (chain), PEM.
     cert_file: str = ""
+    #: File mode: the serving certificate's private key, PEM.
     key_file: str = ""
     #: Where self-managed mode writes the serving certificate for the TLS layer.
     cert_dir: str = "/tmp/shardmesh-webhook"
@@ -52,8 +53,9 @@ class Settings:
     webhook_config_name: str = "shardmesh-sidecar-injector"
     #: Extra subject alternative names (DNS names or IP addresses).
     extra_sans: tuple[str, ...] = ()
-    #: Lifetime of the serving certificate and of the CA, in seconds.
+    #: Lifetime of the serving certificate, in seconds (renewed with 1/3 left).
     cert_lifetime_s: float = 90 * 86400.0
+    #: Lifetime of the CA, in seconds (renewed with 1/3 left).
     ca_lifetime_s: float = 3 * 365 * 86400.0
     #: How often to look at the Secret, the files and the caBundle.
     cert_check_s: float = 60.0
