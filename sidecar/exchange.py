@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmesh.sidecar.proxy")
 
 _HEAD = b"HEAD"
+_HTTP11_CRLF = b"HTTP/1.1\r\n"
+#: (status, reason) -> the client's status line (bounded: reasons come from backends).
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 #: http11.shard_headers' cache, read here without the call.
 _SHARD_HEADERS = http11.SHARD_HEADERS
 _RETRY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -254,7 +257,7 @@ class Exchange:
         self.head_base = len(head)
         if self.drop:
             head = _without(head, self.drop)
-        head[0] = b"%b %b HTTP/1.1\r\n" % (self.method, self.target)
+        head[0] = b" ".join((self.method, self.target, _HTTP11_CRLF))
         ordinal, count = self.ordinal, state.count
         head.append(_SHARD_HEADERS.get((ordinal, count)) or http11.shard_headers(ordinal, count))
         if self.chunked:
@@ -321,7 +324,13 @@ class Exchange:
         conn.ctx.inflight.pop(self, None)
         self.status = status = up.status
         head = up.head
-        head[0] = b"HTTP/1.1 %d %b\r\n" % (status, up.reason)
+        reason = up.reason
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+            if len(_STATUS_LINES) < 1024:
+                _STATUS_LINES[(status, reason)] = line
+        head[0] = line
         head.append(self.shard.response_header)  # type: ignore[union-attr]
         if up.content_length is not None:
             head += (b"Content-Length: ", up.content_length, b"\r\n")

@@ -8,8 +8,8 @@ numbers are never read half-written.
 
 from __future__ import annotations
 
-import bisect
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -44,7 +44,7 @@ class Stats:
         if counts is None:
             counts = self.latency[route] = [0] * (len(BUCKETS) + 1)
             self.latency_sum[route] = 0.0
-        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        counts[bisect_left(BUCKETS, seconds)] += 1
         self.latency_sum[route] += seconds
 
 
