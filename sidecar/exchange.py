@@ -59,6 +59,8 @@ class Exchange:
     expect_continue = False
     keep_alive = True
     http10 = False
+    #: A Connection-like header was seen (see ClientConnection.on_headers_complete).
+    hop_headers = False
     headers_done = False
     request_done = False
     pending_bytes = 0

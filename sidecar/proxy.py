@@ -166,8 +166,10 @@ class ClientConnection(asyncio.Protocol):
                 exchange.chunked = b"chunked" in value.lower()
             elif lname == b"expect":
                 exchange.expect_continue = value.lower() == b"100-continue"
-            elif lname == b"connection":
-                exchange.drop = exchange.drop | http11.connection_tokens(value)
+            else:
+                if lname == b"connection":
+                    exchange.drop = exchange.drop | http11.connection_tokens(value)
+                exchange.hop_headers = True
             self.header_bytes += len(name) + len(value)
             return
         if lname[:6] == b"proxy-":
@@ -190,8 +192,12 @@ class ClientConnection(asyncio.Protocol):
             raise ProxyError("headers_too_large", f"request headers are over {limit} bytes")
         parser = self.parser
         exchange.method = parser.get_method()
-        exchange.keep_alive = parser.should_keep_alive()
-        exchange.http10 = parser.get_http_version() == "1.0"
+        exchange.keep_alive = keep_alive = parser.should_keep_alive()
+        # llhttp keeps an HTTP/1.0 request alive only for a Connection: keep-alive
+        # (a hop-by-hop header): otherwise a kept-alive request is HTTP/1.1, and the
+        # version string (formatted on each call) is not needed.
+        if not keep_alive or exchange.hop_headers:
+            exchange.http10 = parser.get_http_version() == "1.0"
         exchange.headers_done = True
         if parser.should_upgrade():
             exchange.keep_alive = False  # no tunnels: answer this one request, then close

@@ -31,6 +31,11 @@ class UpstreamListener(Protocol):
     def flush(self) -> None: ...
 
 
+#: Response header name as sent -> its lower-cased name if the proxy consumes it, else
+#: b"" (backends send a handful of names, in the same case every time; bounded).
+_SPECIAL_NAMES: dict[bytes, bytes] = {}
+
+
 class _HeadersOnly(Exception):
     """Raised from the parser callback to stop after the head of a HEAD response."""
 
@@ -145,8 +150,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname in http11.RESPONSE_SPECIAL:
+        lname = _SPECIAL_NAMES.get(name)
+        if lname is None:
+            lname = name.lower()
+            if lname not in http11.RESPONSE_SPECIAL:
+                lname = b""
+            if len(_SPECIAL_NAMES) < 1024:
+                _SPECIAL_NAMES[name] = lname
+        if lname:
             if lname == b"content-length":
                 self.content_length = value
             elif lname == b"transfer-encoding":
