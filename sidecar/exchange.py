@@ -428,9 +428,12 @@ class Exchange:
             self.close_after = True
         self.status = error.status
         ordinal = error.details.get("ordinal")
+        if isinstance(ordinal, int):
+            self.ordinal = ordinal  # so a 503 is counted against the shard that is down
+        else:
+            ordinal = None
         conn = self.conn
-        conn.write(render(error, close=self.close_after,
-                          ordinal=ordinal if isinstance(ordinal, int) else None))
+        conn.write(render(error, close=self.close_after, ordinal=ordinal))
         self.done()
         conn.flush()  # may run from a task or timer, outside data_received
 
@@ -453,8 +456,9 @@ class Exchange:
             self.discard = True  # the rest of the body, if any, is read and dropped
             self.pending, self.pending_bytes = [], 0
         state, shard = self.state, self.shard
-        ctx.stats.observe(state.spec.name if state is not None else "-",
-                          shard.label if shard is not None else "", self.status,
+        label = shard.label if shard is not None else \
+            str(self.ordinal) if self.ordinal >= 0 else ""
+        ctx.stats.observe(state.spec.name if state is not None else "-", label, self.status,
                           conn.loop.time() - self.started)
         if conn.blocked:
             conn.unblock(BLOCK_PENDING | BLOCK_UPSTREAM)

@@ -223,3 +223,6 @@ def test_static_probe_marks_a_stopped_backend_unavailable(
     assert (status, body["error"], head.get("retry-after")) == (503, "shard_unavailable", "1")
     status, _, body = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": "2"})
     assert (status, body["ordinal"]) == (200, 2)
+    # The 503s are counted against the shard that is down, so a dashboard can name it.
+    metrics = request(sidecar.admin_port, "GET", "/metrics")[2].decode()
+    assert 'shardmesh_sidecar_requests_total{code="503",ordinal="1",route="svc"}' in metrics
