@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shardmesh.route_cmd import main as route_main
-from tests.sidecar.test_static_cli import free_port
+from tests.cluster.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ["0", "7", "42", "-7", "007", "123456789012345678901234567890", "account-7",

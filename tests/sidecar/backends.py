@@ -108,25 +108,22 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                remaining = size
-                while remaining:
-                    data = self.rfile.read(min(remaining, _BLOCK))
-                    if not data:
-                        raise ConnectionError("body cut short")
-                    digest.update(data)
-                    remaining -= len(data)
+                self._read_exact(size, digest)
                 total += size
                 self.rfile.readline()
         else:
-            remaining = int(self.headers.get("Content-Length") or 0)
-            while remaining:
-                data = self.rfile.read(min(remaining, _BLOCK))
-                if not data:
-                    raise ConnectionError("body cut short")
-                digest.update(data)
-                remaining -= len(data)
-                total += len(data)
+            total = int(self.headers.get("Content-Length") or 0)
+            self._read_exact(total, digest)
         return total, digest.hexdigest()
+
+    def _read_exact(self, remaining: int, digest: Any) -> None:
+        """Read ``remaining`` body bytes into ``digest`` in bounded blocks."""
+        while remaining:
+            data = self.rfile.read(min(remaining, _BLOCK))
+            if not data:
+                raise ConnectionError("body cut short")
+            digest.update(data)
+            remaining -= len(data)
 
     def _any(self) -> None:
         owner = self.owner

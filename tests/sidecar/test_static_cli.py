@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.shardfn import ordinal_for
+from tests.cluster.processes import free_port
 from tests.sidecar.backends import Backend, start_backends
 from tests.sidecar.harness import get_json, request
 
@@ -27,12 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 STREAM_BYTES = 300 * 1024 * 1024
 #: Peak RSS growth allowed while STREAM_BYTES go up and down (buffers are 256 KiB).
 RSS_GROWTH_LIMIT = 40 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peak_rss(pid: int) -> int:

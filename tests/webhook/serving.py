@@ -17,16 +17,11 @@ from pathlib import Path
 
 from cryptography import x509
 
+from tests.cluster.processes import free_port
 from webhook import certs
 
 HOST = "127.0.0.1"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_pair(directory: Path, lifetime: dt.timedelta = dt.timedelta(days=1)) -> certs.CertBundle:
