@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     if entry is None:
         print(f"shardmesh: unknown command '{args[0]}'\n\n{usage()}", file=sys.stderr)
         return 2
+    if args[0] == "webhook":
+        import os
+
+        from webhook.early import patch_for_gevent
+
+        patch_for_gevent(args[1:], os.environ)
     module = importlib.import_module(entry[0])
     result: int = module.main(args[1:])
     return result

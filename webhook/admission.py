@@ -9,10 +9,11 @@ raise ``WebhookError``; denials are ``AdmissionError`` turned into
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
+
+import orjson
 
 from webhook import patch, reasons
 from webhook.errors import AdmissionError, WebhookError
@@ -41,8 +42,8 @@ class Handled:
 def decode(body: bytes) -> AdmissionRequest:
     """The request of an AdmissionReview v1, or ``WebhookError`` naming what is wrong."""
     try:
-        doc: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as err:  # also invalid UTF-8
         raise WebhookError(f"the body is not JSON: {err}") from None
     if not isinstance(doc, dict):
         raise WebhookError(f"expected an AdmissionReview object, got JSON {type(doc).__name__}")

@@ -15,9 +15,11 @@ Every replica runs the same loop (``sync``):
 
 from __future__ import annotations
 
+import _thread
 import base64
 import datetime as dt
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 
@@ -177,8 +179,14 @@ class CertStore:
 
 
 def run_rotation(store: CertStore, cert_file: str, key_file: str, interval: float,
-                 stop: threading.Event) -> threading.Thread:
-    """Keep syncing every ``interval`` seconds in a daemon thread until ``stop`` is set."""
+                 stop: threading.Event) -> None:
+    """Keep syncing every ``interval`` seconds in a daemon OS thread until ``stop`` is set.
+
+    An OS thread even when gevent has patched ``threading`` (``webhook.early``):
+    gunicorn forks its workers after this starts, and a greenlet would live on
+    in every worker, while an OS thread stays in the master, the only process
+    that may rotate.
+    """
 
     def loop() -> None:
         while not stop.wait(interval):
@@ -187,6 +195,13 @@ def run_rotation(store: CertStore, cert_file: str, key_file: str, interval: floa
             except Exception as err:  # keep serving the current certificate
                 event("certificate sync failed; will retry", logging.WARNING, error=str(err))
 
-    thread = threading.Thread(target=loop, name="cert-rotation", daemon=True)
-    thread.start()
-    return thread
+    _start_os_thread(loop)
+
+
+def _start_os_thread(target: Callable[[], None]) -> None:
+    start: Callable[..., object] = _thread.start_new_thread
+    if "gevent" in sys.modules:
+        from gevent import monkey
+
+        start = monkey.get_original("_thread", "start_new_thread")
+    start(target, ())

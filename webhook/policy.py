@@ -14,6 +14,7 @@ Rules, in the order they are checked (the first that applies decides):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -70,7 +71,7 @@ def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> 
             return skipped(reasons.INJECTION_DISABLED_NAMESPACE)
         return skipped(reasons.INJECTION_NOT_ENABLED)
     try:
-        routes = ann.validate_pod(annotations_of(pod), namespace)
+        routes = _validated(_shard_items(annotations_of(pod)), namespace)
     except ann.AnnotationError as err:
         return rejected(reasons.INVALID_ANNOTATION, str(err))
     taken = sorted(_volume_names(pod) & set(SIDECAR_VOLUMES))
@@ -79,6 +80,19 @@ def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> 
                         f"the pod already has a volume named '{taken[0]}', which the "
                         f"shard-router sidecar needs; rename it")
     return Decision("injected", reasons.INJECTED, reasons.SENTENCES[reasons.INJECTED], routes)
+
+
+def _shard_items(annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The ``shard.io/*`` annotations, the only ones validation reads, as a cache key."""
+    return tuple(sorted(item for item in annotations.items()
+                        if item[0].startswith(ann.PREFIX)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _validated(items: tuple[tuple[str, str], ...], namespace: str) -> tuple[ann.RouteSpec, ...]:
+    """``ann.validate_pod``, memoised: the pods of a rollout share their annotations,
+    and parsing them was a fifth of a review. Errors are not cached (re-raised each time)."""
+    return ann.validate_pod(dict(items), namespace)
 
 
 def _volume_names(pod: Obj) -> set[str]:

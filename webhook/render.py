@@ -14,6 +14,7 @@ the kubelet gets to "start it first".
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Final
@@ -57,8 +58,20 @@ def _field_env(name: str, path: str) -> Obj:
 def sidecar_container(pod_annotations: Mapping[str, str], settings: Settings, native: bool,
                       mount_token: bool) -> Obj:
     """The shard-router container. Resources come from the (already validated)
-    ``shard.io/sidecar-*`` annotations over the defaults."""
-    resources = ann.parse_resources(pod_annotations)
+    ``shard.io/sidecar-*`` annotations over the defaults.
+
+    The result is shared between calls (memoised: every pod of a rollout gets
+    the same container), so it must be treated as read-only, as the rest of
+    the rendered pod already is.
+    """
+    wanted = tuple((k, pod_annotations[k]) for k in ann.RESOURCE_OPTIONS if k in pod_annotations)
+    return _sidecar_container(wanted, settings, native, mount_token)
+
+
+@functools.lru_cache(maxsize=256)
+def _sidecar_container(resource_annotations: tuple[tuple[str, str], ...], settings: Settings,
+                       native: bool, mount_token: bool) -> Obj:
+    resources = ann.parse_resources(dict(resource_annotations))
     mounts = [{"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": True}]
     if mount_token:
         mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})

@@ -22,6 +22,8 @@ CertMode = Literal["self", "file"]
 ENV_PREFIX = "SHARDMESH_"
 #: Native sidecars (restartable init containers) are on by default from 1.29.
 NATIVE_SIDECAR_SINCE = (1, 29)
+#: --worker-class value -> the gunicorn worker class (see webhook/worker.py).
+WORKER_CLASSES = {"gevent": "webhook.worker.FairGeventWorker", "gthread": "gthread"}
 _VERSION = re.compile(r"v?(\d+)\.(\d+)")
 
 
@@ -62,8 +64,11 @@ class Settings:
     #: Address and port of the HTTPS listener.
     host: str = "0.0.0.0"
     port: int = 8443
-    #: gunicorn workers (processes) and threads per worker; see webhook/cli.py.
-    workers: int = 1
+    #: gunicorn workers (processes); see webhook/cli.py.
+    workers: int = 2
+    #: gunicorn worker class: gevent (a greenlet per connection) or gthread.
+    worker_class: str = "gevent"
+    #: Threads per worker, for the gthread worker class only.
     threads: int = 4
     #: Larger AdmissionReview bodies get HTTP 413.
     max_body_bytes: int = 4 * 1024 * 1024
@@ -98,6 +103,9 @@ class Settings:
             raise ValueError(f"invalid port {self.port}: expected 1..65535")
         if self.workers < 1 or self.threads < 1:
             raise ValueError("--workers and --threads must be at least 1")
+        if self.worker_class not in WORKER_CLASSES:
+            raise ValueError(f"invalid worker class '{self.worker_class}': expected "
+                             + " or ".join(WORKER_CLASSES))
         return self
 
 

@@ -1,9 +1,7 @@
 """A server TLS context that follows its certificate files, for hot reload.
 
-gunicorn asks for an ``SSLContext`` for every new connection (its
-``ssl_context`` hook). ``ReloadingContext.get`` answers with a cached
-context and, at most once per ``interval`` seconds, looks at the files'
-mtime and size; when they changed it builds a new context. Existing
+``ReloadingContext.get`` answers with a cached context and, at most once
+per ``interval`` seconds, looks at the files' mtime and size; when they changed it builds a new context. Existing
 connections keep the context they started with; new ones get the new
 certificate, in every worker, without a restart. A half-written pair (new
 certificate, old key) fails to load; the previous context is kept and the
@@ -14,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 from webhook.logs import event
 
@@ -79,3 +79,19 @@ class ReloadingContext:
         except ssl.SSLError:
             return False
         return True
+
+
+class FollowingContext:
+    """What gunicorn's ``ssl_context`` hook returns: an object with the one
+    method servers use, ``wrap_socket``, that wraps with the current context.
+
+    gunicorn's gthread worker asks the hook for every connection, but its
+    gevent worker asks once and keeps the answer for the worker's life; a
+    real ``SSLContext`` there would pin the first certificate forever.
+    """
+
+    def __init__(self, reloading: ReloadingContext) -> None:
+        self.reloading = reloading
+
+    def wrap_socket(self, sock: socket.socket, **kwargs: Any) -> ssl.SSLSocket:
+        return self.reloading.get().wrap_socket(sock, **kwargs)

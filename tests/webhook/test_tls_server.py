@@ -1,4 +1,5 @@
-"""The real server: gunicorn with two workers over TLS, on 127.0.0.1, offline, file mode.
+"""The real server: gunicorn with two workers over TLS, on 127.0.0.1, offline, file mode,
+once with each worker class (gevent, the default, and gthread).
 
 The golden cases that need no namespace object go through it too, so the
 bytes on the wire match what the Flask test client saw.
@@ -29,13 +30,13 @@ def certdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def server(certdir: Path) -> Iterator[serving.Webhook]:
+@pytest.fixture(scope="module", params=["gevent", "gthread"])
+def server(certdir: Path, request: pytest.FixtureRequest) -> Iterator[serving.Webhook]:
     hook = serving.start(
         ["--offline", "--cert-mode", "file", "--cert-file", str(certdir / "tls.crt"),
          "--key-file", str(certdir / "tls.key"), "--workers", "2", "--threads", "4",
-         "--max-body-bytes", "262144"],
-        certdir / "webhook.log")
+         "--worker-class", request.param, "--max-body-bytes", "262144"],
+        certdir / f"webhook-{request.param}.log")
     yield hook
     hook.stop()
 
