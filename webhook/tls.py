@@ -1,11 +1,11 @@
 """A server TLS context that follows its certificate files, for hot reload.
 
-``ReloadingContext.get`` answers with a cached context and, at most once
-per ``interval`` seconds, looks at the files' mtime and size; when they
-changed it builds a new context. Existing connections keep the context they started with; new ones get the new
-certificate, in every worker, without a restart. A half-written pair (new
-certificate, old key) fails to load; the previous context is kept and the
-next look tries again.
+``ReloadingContext.get`` answers with a cached context and, at most once per
+``interval`` seconds, looks at the files' mtime and size; when they changed
+it builds a new context. Existing connections keep the context they started
+with; new ones get the new certificate, in every worker, without a restart.
+A half-written pair (new certificate, old key) fails to load; the previous
+context is kept and the next look tries again.
 """
 
 from __future__ import annotations
