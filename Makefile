@@ -6,40 +6,51 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv cluster-bins lint unit cluster bench bench-webhook bench-sidecar golden clean
+.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster bench bench-webhook bench-sidecar golden clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	SHARDMESH_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
 venv: $(STAMP)
+
+# The sidecar's data plane compiled with mypyc, next to its sources (setup.py
+# says why). Rebuilt whenever a sidecar source changes; tests/conftest.py
+# refuses to run on a stale build.
+COMPILED_STAMP := sidecar/.compiled
+$(COMPILED_STAMP): $(STAMP) setup.py $(wildcard sidecar/*.py)
+	$(BIN)/python setup.py -q build_ext --inplace 2>&1 | grep -v -e '^warning' -e 'BetaConfiguration' -e 'cannot be found' || true
+	@$(BIN)/python -c 'import sidecar; assert sidecar.compiled(), "mypyc build failed"'
+	@touch $@
+
+compile: $(COMPILED_STAMP)
 
 # Builds (once, then cached by version) kube-apiserver, kube-controller-manager,
 # kubectl and etcd for the cluster tests. Without Go it says what to install.
 cluster-bins:
 	@bash tests/cluster/build.sh
 
-test: venv cluster-bins
+test: venv compile cluster-bins
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-unit: venv
+unit: venv compile
 	$(BIN)/pytest -m "not cluster"
 
-cluster: venv cluster-bins
+cluster: venv compile cluster-bins
 	$(BIN)/pytest -m cluster
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-demo: venv
+demo: venv compile
 	$(BIN)/shardmesh demo
 
-demo-cluster: venv cluster-bins
+demo-cluster: venv compile cluster-bins
 	$(BIN)/python -m tests.e2e.demo_cluster
 
 golden: venv
@@ -50,9 +61,10 @@ bench: bench-webhook bench-sidecar
 bench-webhook: venv
 	$(BIN)/python bench/webhook.py
 
-bench-sidecar: venv
+bench-sidecar: venv compile
 	@bash bench/ensure-peers.sh
 	$(BIN)/python bench/sidecar.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build $(COMPILED_STAMP)
+	rm -f sidecar/*.so *__mypyc*.so

@@ -38,11 +38,17 @@ RETRY_AFTER_SECONDS: Final = 1
 class ProxyError(Exception):
     """A request the sidecar answers itself, with ``code``'s status."""
 
+    code: str
+    message: str
+    details: dict[str, Any]
+
     def __init__(self, code: str, message: str, **details: Any) -> None:
         super().__init__(message)
         if code not in CODES:
             raise ValueError(f"unknown error code '{code}'")
-        self.code, self.message, self.details = code, message, details
+        self.code = code
+        self.message = message
+        self.details = details
 
     @property
     def status(self) -> int:

@@ -48,8 +48,8 @@ BLOCK_PENDING, BLOCK_UPSTREAM, BLOCK_PIPELINE = 1, 2, 4
 class Exchange:
     """One request and its response.
 
-    No ``__slots__``: most attributes keep their class default for the whole
-    exchange, and setting only the few that change is what makes it cheap.
+    Compiled by mypyc (setup.py) into a native class: the class-level defaults
+    below become plain C fields, set when the exchange is made.
     """
 
     method = b""
@@ -78,7 +78,8 @@ class Exchange:
     finished = False
     json_mode = False
     close_after = False
-    drop: frozenset[bytes] = frozenset()
+    #: Header names the request's Connection header listed (dropped upstream).
+    drop: frozenset[bytes]
     retried = False
     began = False
     target = b""
@@ -94,6 +95,7 @@ class Exchange:
         #: Lower-cased header name -> first value, for the key lookup.
         self.lookup: dict[bytes, bytes] = {}
         self.pending: list[bytes] = []
+        self.drop = http11.NO_TOKENS
 
     @property
     def has_body(self) -> bool:
@@ -196,8 +198,8 @@ class Exchange:
             except ProxyError as err:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    err.message += f" (waited {state.spec.wait_ms} ms)"
-                    self.fail(err)
+                    waited = f"{err.message} (waited {state.spec.wait_ms} ms)"
+                    self.fail(ProxyError(err.code, waited, **err.details))
                     return
                 try:
                     async with asyncio.timeout(remaining):

@@ -30,7 +30,7 @@ RESPONSE_SPECIAL: Final = frozenset({
 #: Connection-header tokens that are not header names.
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
 _SIMPLE_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"Keep-Alive", b"Close"})
-_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -45,7 +45,7 @@ SHARD_HEADERS: dict[tuple[int, int], bytes] = {}
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection header (``close``/``keep-alive`` are options)."""
     if value in _SIMPLE_CONNECTION:
-        return _NO_TOKENS
+        return NO_TOKENS
     tokens = {t.strip().lower() for t in value.split(b",")}
     return frozenset(t for t in tokens if t and t not in _CONNECTION_OPTIONS)
 

@@ -16,10 +16,13 @@ import json
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from mypy_extensions import mypyc_attr
+
 from sidecar.annotations import KeySource
 from sidecar.errors import ProxyError
 
 
+@mypyc_attr(native_class=False)  # a str subclass stays a Python class
 class JsonInteger(str):
     """A JSON integer literal, kept as its decimal text so no precision is lost."""
 

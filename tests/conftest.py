@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -41,6 +42,28 @@ def _say(config: pytest.Config, line: str) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a stale mypyc build: Python imports a module's .so before
+    its .py, so after an edit the tests would run the old code."""
+    # mypyc puts the code of all modules in one shared library and leaves each
+    # module's own .so unchanged, so the build's time is the stamp make writes.
+    package = Path(__file__).resolve().parents[1] / "sidecar"
+    stale: list[str] = []
+    if any(package.glob("*.so")):
+        stamp = package / ".compiled"
+        built = stamp.stat().st_mtime if stamp.exists() else 0.0
+        stale = [p.name for p in sorted(package.glob("*.py")) if p.stat().st_mtime > built]
+    if stale:
+        pytest.exit(f"the compiled sidecar is older than {', '.join(stale)}: run 'make compile' "
+                    "(or delete sidecar/*.so to test the plain Python)", returncode=4)
+
+
+def pytest_report_header() -> str:
+    import sidecar
+
+    return "sidecar data plane: " + ("compiled (mypyc)" if sidecar.compiled() else "plain Python")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # tryfirst: the marks must be there before `-m` deselects.
     for item in items:
