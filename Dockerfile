@@ -7,8 +7,11 @@
 # --- builder: wheels for the project and all its dependencies ----------------
 FROM python:3.11-slim AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# A C compiler for mypyc, which compiles the sidecar's data plane (setup.py).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY shardmesh ./shardmesh
 COPY webhook ./webhook
 COPY sidecar ./sidecar
