@@ -151,6 +151,7 @@ class Sidecar:
             self.servers.append(admin)
             self.admin_port = admin.sockets[0].getsockname()[1]
         self.tasks.append(loop.create_task(self._expire_timeouts()))
+        self.tasks.append(loop.create_task(self._close_idle_clients()))
         await self.source.start()
         log.info("sidecar listening on %s:%d (admin %s)", host, self.port,
                  f"{self.settings.admin[0]}:{self.admin_port}" if self.settings.admin else "off")
@@ -162,6 +163,16 @@ class Sidecar:
             await asyncio.sleep(0.05)
             if self.ctx.inflight:
                 self.ctx.expire(loop.time())
+
+    async def _close_idle_clients(self) -> None:
+        """Client idle timeout: a counter per connection, reset by each read and
+        bumped by a sweep here, so the request path pays one store, not a timer."""
+        timeout = self.settings.client_idle_seconds
+        interval = min(1.0, timeout / 4)
+        sweeps = max(1, round(timeout / interval))
+        while True:
+            await asyncio.sleep(interval)
+            self.ctx.close_idle(sweeps)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""

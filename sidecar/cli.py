@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="health/metrics listener (default 0.0.0.0:15020)")
     common.add_argument("--drain-seconds", type=float, default=15.0, metavar="S",
                         help="on SIGTERM, how long in-flight requests may finish (default 15)")
+    common.add_argument("--client-idle-timeout", type=float, default=60.0, metavar="S",
+                        help="close a client connection that sends nothing for S seconds "
+                             "between requests or inside a request head (default 60)")
     common.add_argument("--max-json-body", type=int, default=1 << 20, metavar="BYTES",
                         help="largest body read to extract a json: key (default 1 MiB; 413 beyond)")
     common.add_argument("--log-level", default="info",

@@ -22,6 +22,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "not_found": (404, "Not Found"),
     "method_not_allowed": (405, "Method Not Allowed"),
     "body_too_large": (413, "Payload Too Large"),
+    "expectation_failed": (417, "Expectation Failed"),
     "uri_too_long": (414, "URI Too Long"),
     "headers_too_large": (431, "Request Header Fields Too Large"),
     "upstream_error": (502, "Bad Gateway"),

@@ -57,6 +57,8 @@ class Exchange:
     content_length: bytes | None = None
     chunked = False
     expect_continue = False
+    #: An Expect other than 100-continue, which no one here can meet (417).
+    expect_other: bytes | None = None
     keep_alive = True
     http10 = False
     #: A Connection-like header was seen (see ClientConnection.on_headers_complete).
@@ -109,6 +111,11 @@ class Exchange:
         conn = self.conn
         self.began = True
         self.started = conn.loop.time()
+        if self.expect_other is not None:
+            expect = self.expect_other.decode("latin-1")
+            self.fail(ProxyError("expectation_failed", f"unsupported Expect '{expect}': "
+                                 "only 100-continue is supported"))
+            return
         parts = http11.split_target(self.url)
         if parts is None:
             self.fail(ProxyError("bad_request", f"request target '{self.url.decode('latin-1')}' "
@@ -424,7 +431,7 @@ class Exchange:
             self.discard = True
             self.pending, self.pending_bytes = [], 0
             self.conn.unblock(BLOCK_PENDING)
-            if self.expect_continue or error.code == "body_too_large":
+            if self.expect_continue or error.code in ("body_too_large", "expectation_failed"):
                 self.close_after = True  # the client may or may not send the rest: start afresh
         if not self.keep_alive or self.conn.ctx.draining:
             self.close_after = True

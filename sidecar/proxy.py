@@ -43,6 +43,16 @@ class Context:
         #: Exchanges waiting for a response head (an ordered set: dict keys), for timeouts.
         self.inflight: dict[Exchange, None] = {}
 
+    def close_idle(self, sweeps: int) -> None:
+        """Close the connections that waited ``sweeps`` sweeps for their client: idle
+        between requests, or stuck inside a request head (a slow or dead client).
+        A connection with a request past its head waits on the backend instead."""
+        for conn in list(self.connections):
+            if conn.waiting_for_client():
+                conn.idle_sweeps += 1
+                if conn.idle_sweeps >= sweeps:
+                    conn.close_after_flush()
+
     def expire(self, now: float) -> None:
         """Answer 504 for every exchange whose backend is past its deadline."""
         late = [e for e in self.inflight if e.deadline <= now]
@@ -77,6 +87,8 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         #: Size of the read being parsed (bounds the current head, see on_headers_complete).
         self.chunk_bytes = 0
+        #: Idle sweeps (Context.close_idle) since the client last sent bytes.
+        self.idle_sweeps = 0
 
     # --- asyncio.Protocol -----------------------------------------------------
 
@@ -90,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
             return
         settings = self.ctx.settings
         self.chunk_bytes = len(data)
+        self.idle_sweeps = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -165,7 +178,10 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 exchange.chunked = b"chunked" in value.lower()
             elif lname == b"expect":
-                exchange.expect_continue = value.lower() == b"100-continue"
+                if value.strip().lower() == b"100-continue":
+                    exchange.expect_continue = True
+                else:
+                    exchange.expect_other = value
             else:
                 if lname == b"connection":
                     exchange.drop = exchange.drop | http11.connection_tokens(value)
@@ -213,6 +229,10 @@ class ClientConnection(asyncio.Protocol):
         exchange, self.parsing = self.parsing, None
         if exchange is not None:
             exchange.complete()
+
+    def waiting_for_client(self) -> bool:
+        queue = self.queue
+        return not queue or (len(queue) == 1 and queue[0] is self.parsing and self.in_head)
 
     # --- used by exchanges --------------------------------------------------------
 

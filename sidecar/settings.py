@@ -63,6 +63,9 @@ class Settings:
     static_probe_seconds: float = 1.0
     #: Annotations file poll interval (the kubelet swaps a symlink; inotify misses that).
     poll_seconds: float = 1.0
+    #: A client connection that sends nothing for this long while no request of
+    #: its is in progress (idle keep-alive, or a request head that stalls) is closed.
+    client_idle_seconds: float = 60.0
 
     @property
     def static(self) -> bool:
@@ -115,6 +118,10 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise SettingsError(f"invalid value '{args.static_probe}' for --static-probe")
     if args.drain_seconds < 0:
         raise SettingsError(f"invalid value '{args.drain_seconds}' for --drain-seconds")
+    if args.client_idle_timeout <= 0:
+        raise SettingsError(
+            f"invalid value '{args.client_idle_timeout}' for --client-idle-timeout: "
+            "expected seconds > 0")
     return Settings(
         listen=parse_hostport("--listen", args.listen),
         admin=None if args.admin == "off" else parse_hostport("--admin", args.admin),
@@ -124,6 +131,7 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         pod_name=env.get("POD_NAME", ""),
         pod_namespace=namespace,
         drain_seconds=args.drain_seconds,
+        client_idle_seconds=args.client_idle_timeout,
         max_json_body=args.max_json_body,
         static_probe_seconds=args.static_probe,
         log_level=args.log_level,

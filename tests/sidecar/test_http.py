@@ -115,6 +115,36 @@ def test_expect_100_continue_refused_when_the_key_is_missing(sidecar: SidecarThr
     assert b"100 Continue" not in answer
 
 
+def test_an_expectation_other_than_100_continue_gets_417(sidecar: SidecarThread,
+                                                         backends: list[Backend]) -> None:
+    seen = len(backends[1].seen)
+    answer = raw(sidecar.port, b"POST /svc/up HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n"
+                 b"Content-Length: 5\r\nExpect: 200-ok\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 417 Expectation Failed") and b"Connection: close" in head
+    error = json.loads(body)
+    assert error["error"] == "expectation_failed" and "'200-ok'" in error["message"]
+    assert len(backends[1].seen) == seen  # the backend never saw it
+
+
+def test_idle_and_stalled_clients_are_closed_but_slow_backends_are_waited_for(
+        backends: list[Backend], make_sidecar: Callable[..., SidecarThread]) -> None:
+    sidecar = make_sidecar("--route", "svc=" + ",".join(b.address for b in backends),
+                           "--client-idle-timeout", "0.4")
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as idle, \
+            socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as stalled:
+        idle.sendall(b"GET /svc/x HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n\r\n")
+        head, _ = read_response(idle.makefile("rb"))
+        assert head.startswith(b"HTTP/1.1 200")
+        stalled.sendall(b"GET /svc/x HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        # A request waiting on its backend for longer than the idle timeout is not cut.
+        status, _, _ = request(sidecar.port, "GET", "/svc/sleep/900", {"X-Shard-Key": "0"})
+        assert status == 200
+        started = time.monotonic()
+        assert idle.recv(1) == b"" and stalled.recv(1) == b""  # closed, not answered
+        assert time.monotonic() - started < 3
+
+
 def test_client_connection_close(sidecar: SidecarThread) -> None:
     answer = raw(sidecar.port, b"GET /svc/x HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n"
                  b"Connection: close\r\n\r\n")  # raw() reads until the sidecar closes
