@@ -110,7 +110,7 @@ class Exchange:
         """Route the request (called once, when it is the head of the queue)."""
         conn = self.conn
         self.began = True
-        self.started = conn.loop.time()
+        self.started = conn.now()
         if self.expect_other is not None:
             expect = self.expect_other.decode("latin-1")
             self.fail(ProxyError("expectation_failed", f"unsupported Expect '{expect}': "
@@ -288,7 +288,7 @@ class Exchange:
         if self.expect_continue and not self.request_done and not self.json_mode:
             conn.write(http11.CONTINUE)
             conn.flush()
-        self.deadline = conn.loop.time() + state.spec.timeout_s
+        self.deadline = conn.now() + state.spec.timeout_s
         conn.ctx.inflight[self] = None
         upstream.start(self, b"".join(head), self.method == _HEAD)
         if conn.write_paused and upstream.transport is not None:
@@ -468,7 +468,7 @@ class Exchange:
         label = shard.label if shard is not None else \
             str(self.ordinal) if self.ordinal >= 0 else ""
         ctx.stats.observe(state.spec.name if state is not None else "-", label, self.status,
-                          conn.loop.time() - self.started)
+                          conn.now() - self.started)
         if conn.blocked:
             conn.unblock(BLOCK_PENDING | BLOCK_UPSTREAM)
         conn.exchange_done(self)

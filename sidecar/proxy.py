@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -67,9 +68,17 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = parser = httptools.HttpRequestParser(self)
+        # Bound once: compiled (mypyc), a method call on a C object from uvloop or
+        # httptools costs a type lookup every time; a bound method does not.
+        self.feed: Callable[[bytes], None] = parser.feed_data
+        self.get_method: Callable[[], bytes] = parser.get_method
+        self.should_keep_alive: Callable[[], bool] = parser.should_keep_alive
+        self.should_upgrade: Callable[[], bool] = parser.should_upgrade
+        self.now: Callable[[], float] = loop.time
+        self.send: Callable[[bytes], None] = _not_connected
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
         self.out: list[bytes] = []
@@ -95,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         transport.set_write_buffer_limits(high=256 * 1024)
+        self.send = transport.write
         self.ctx.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -104,7 +114,7 @@ class ClientConnection(asyncio.Protocol):
         self.chunk_bytes = len(data)
         self.idle_sweeps = 0
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserUpgrade:
             # No tunnels: the request is served as plain HTTP/1.1 and the connection
             # closes after it (on_headers_complete cleared keep_alive).
@@ -207,15 +217,15 @@ class ClientConnection(asyncio.Protocol):
                 self.header_bytes + sum(map(len, exchange.head)) > limit:
             raise ProxyError("headers_too_large", f"request headers are over {limit} bytes")
         parser = self.parser
-        exchange.method = parser.get_method()
-        exchange.keep_alive = keep_alive = parser.should_keep_alive()
+        exchange.method = self.get_method()
+        exchange.keep_alive = keep_alive = self.should_keep_alive()
         # llhttp keeps an HTTP/1.0 request alive only for a Connection: keep-alive
         # (a hop-by-hop header): otherwise a kept-alive request is HTTP/1.1, and the
         # version string (formatted on each call) is not needed.
         if not keep_alive or exchange.hop_headers:
             exchange.http10 = parser.get_http_version() == "1.0"
         exchange.headers_done = True
-        if parser.should_upgrade():
+        if self.should_upgrade():
             exchange.keep_alive = False  # no tunnels: answer this one request, then close
         if self.queue and self.queue[0] is exchange and not self.dispatching:
             exchange.start()
@@ -245,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
             out.clear()
             return
         if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.send(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def block(self, reason: int) -> None:
@@ -318,6 +328,10 @@ class ClientConnection(asyncio.Protocol):
         if not self.queue and self.parsing is None:
             self.close_after_flush()
 
+
+
+def _not_connected(data: bytes) -> None:
+    raise RuntimeError("write before the connection was made")
 
 
 __all__ = ["ClientConnection", "Context"]

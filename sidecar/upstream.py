@@ -14,6 +14,7 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -46,7 +47,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self._new_parser()
+        self.send: Callable[[bytes], None] = _not_connected
         self.listener: UpstreamListener | None = None
         self.closed = False
         #: Served at least one request (a stale keep-alive may fail without our fault).
@@ -64,6 +66,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.complete = False
 
+    def _new_parser(self) -> None:
+        self.parser = parser = httptools.HttpResponseParser(self)
+        # Bound once (see ClientConnection.__init__).
+        self.feed: Callable[[bytes], None] = parser.feed_data
+        self.get_status_code: Callable[[], int] = parser.get_status_code
+        self.should_keep_alive: Callable[[], bool] = parser.should_keep_alive
+
     # --- used by the exchange ---------------------------------------------
 
     def start(self, listener: UpstreamListener, data: bytes, head_only: bool) -> None:
@@ -79,7 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.drop = frozenset()
         self.head_only = head_only
         self.listener = listener
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.send(data)
 
     def finish(self, reusable: bool) -> None:
         """The exchange is done with this connection: pool it or close it."""
@@ -101,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         transport.set_write_buffer_limits(high=256 * 1024)
+        self.send = transport.write
 
     def data_received(self, data: bytes) -> None:
         listener = self.listener
@@ -109,10 +119,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
         except httptools.HttpParserError as err:
             if isinstance(err.__context__, _HeadersOnly):
-                self.parser = httptools.HttpResponseParser(self)
+                self._new_parser()
                 self.complete = True
                 listener.on_response_done(self)
             else:
@@ -170,14 +180,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        status = self.get_status_code()
         if status < 200:
             # 1xx (e.g. 103 Early Hints): not forwarded; the final response follows.
             self.informational = True
             self.head, self.reason, self.drop = [b""], b"", frozenset()
             return
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
+        self.keep_alive = self.should_keep_alive()
         if self.drop:
             head, drop = self.head, self.drop
             kept = [head[0]]
@@ -205,6 +215,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = True
         if self.listener is not None:
             self.listener.on_response_done(self)
+
+
+def _not_connected(data: bytes) -> None:
+    raise RuntimeError("write before the connection was made")
 
 
 class Pool:
