@@ -11,7 +11,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	SHARDMESH_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[test]'
+	# compat mode puts the project root on sys.path: mypyc's shared library
+	# (make compile) lives there, next to the packages.
+	SHARDMESH_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[test]' \
+		--config-settings editable_mode=compat
 	@touch $@
 
 venv: $(STAMP)
