@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Protocol
 
+import sidecar
 from sidecar.admin import AdminConnection
 from sidecar.metrics import Stats, StatsCollector, exposition, registry_for
 from sidecar.proxy import ClientConnection, Context
@@ -153,8 +154,9 @@ class Sidecar:
         self.tasks.append(loop.create_task(self._expire_timeouts()))
         self.tasks.append(loop.create_task(self._close_idle_clients()))
         await self.source.start()
-        log.info("sidecar listening on %s:%d (admin %s)", host, self.port,
-                 f"{self.settings.admin[0]}:{self.admin_port}" if self.settings.admin else "off")
+        log.info("sidecar listening on %s:%d (admin %s, data plane %s)", host, self.port,
+                 f"{self.settings.admin[0]}:{self.admin_port}" if self.settings.admin else "off",
+                 "compiled" if sidecar.compiled() else "plain Python")
 
     async def _expire_timeouts(self) -> None:
         """Upstream timeouts: one sweep every 50 ms instead of a timer per request."""

@@ -52,7 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if any(package.glob("*.so")):
         stamp = package / ".compiled"
         built = stamp.stat().st_mtime if stamp.exists() else 0.0
-        stale = [p.name for p in sorted(package.glob("*.py")) if p.stat().st_mtime > built]
+        sources = sorted(package / f"{so.name.split('.')[0]}.py" for so in package.glob("*.so"))
+        stale = [p.name for p in sources if p.stat().st_mtime > built]
     if stale:
         pytest.exit(f"the compiled sidecar is older than {', '.join(stale)}: run 'make compile' "
                     "(or delete sidecar/*.so to test the plain Python)", returncode=4)
