@@ -18,6 +18,7 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import threading
@@ -32,6 +33,9 @@ from sidecar.settings import Settings
 from sidecar.shardmap import Shard, ShardMap
 
 log = logging.getLogger("shardmesh.sidecar.discovery")
+
+#: An API object as JSON.
+Obj = dict[str, Any]
 
 WATCH_SECONDS = 240  # server-side watch timeout; renewed from the last resourceVersion
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
@@ -52,35 +56,39 @@ class PodInfo:
     name: str
 
 
-def statefulset_info(sts: Any) -> StatefulSetInfo:
-    spec = sts.spec
-    replicas = 1 if spec.replicas is None else int(spec.replicas)  # the API default is 1
+def statefulset_info(sts: Obj) -> StatefulSetInfo:
+    """From a StatefulSet as the API sends it (JSON)."""
+    spec = sts.get("spec") or {}
+    replicas = spec.get("replicas")
+    replicas = 1 if replicas is None else int(replicas)  # the API default is 1
     port = None
-    for container in (spec.template.spec.containers or []) if spec.template.spec else []:
-        for container_port in container.ports or []:
-            port = int(container_port.container_port)
+    template = (spec.get("template") or {}).get("spec") or {}
+    for container in template.get("containers") or []:
+        for container_port in container.get("ports") or []:
+            port = int(container_port["containerPort"])
             break
         if port is not None:
             break
     return StatefulSetInfo(replicas=replicas, template_port=port)
 
 
-def pod_info(pod: Any, statefulset: str) -> PodInfo | None:
-    """The pod as an ordinal of ``statefulset``, or None when it is not one of its pods."""
-    meta = pod.metadata
-    match = re.fullmatch(re.escape(statefulset) + r"-(0|[1-9][0-9]*)", meta.name or "")
+def pod_info(pod: Obj, statefulset: str) -> PodInfo | None:
+    """The pod (JSON) as an ordinal of ``statefulset``, or None when it is not one of its pods."""
+    meta = pod.get("metadata") or {}
+    name = meta.get("name") or ""
+    match = re.fullmatch(re.escape(statefulset) + r"-(0|[1-9][0-9]*)", name)
     if match is None:
         return None
-    owners = meta.owner_references or []
-    if not any(o.kind == "StatefulSet" and o.name == statefulset for o in owners):
+    owners = meta.get("ownerReferences") or []
+    if not any(o.get("kind") == "StatefulSet" and o.get("name") == statefulset for o in owners):
         return None
-    status = pod.status
-    conditions = (status.conditions or []) if status else []
-    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
-    ip = status.pod_ip if status else None
-    terminating = meta.deletion_timestamp is not None
+    status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    ip = status.get("podIP")
+    terminating = meta.get("deletionTimestamp") is not None
     return PodInfo(ordinal=int(match[1]), ready=ready and not terminating and bool(ip),
-                   ip=ip or None, name=meta.name)
+                   ip=ip or None, name=name)
 
 
 def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None,
@@ -132,6 +140,48 @@ class StartupError(RuntimeError):
 Publish = Callable[[int, list[Shard], str], None]
 
 
+class Collection:
+    """GET on one collection of the API, as a list or as a watch, in plain JSON.
+
+    The client's generated API classes are not used: importing ``CoreV1Api``
+    alone costs the process about 22 MiB (measured), more than the rest of the
+    sidecar, and the models they build are not needed for four fields. The
+    ``kubernetes`` client still does the rest: configuration, authentication,
+    TLS, and ``watch.Watch`` (which calls this object as its list function).
+    """
+
+    def __init__(self, api: Any, path: str, query: list[tuple[str, str]]) -> None:
+        self.api, self.path, self.query = api, path, query
+
+    def list(self, timeout: float) -> Obj:
+        from kubernetes.client.exceptions import ApiException
+
+        response = self(_request_timeout=timeout)
+        if not 200 <= response.status <= 299:
+            raise ApiException(status=response.status, reason=response.reason)
+        document: Obj = json.loads(response.data)
+        return document
+
+    def __call__(self, **kwargs: Any) -> Any:
+        # No return annotation the watch could read: it then yields plain dicts.
+        query = list(self.query)
+        for name, param in (("watch", "watch"), ("resource_version", "resourceVersion"),
+                            ("timeout_seconds", "timeoutSeconds"),
+                            ("allow_watch_bookmarks", "allowWatchBookmarks")):
+            value = kwargs.get(name)
+            if value is not None and value is not False:
+                query.append((param, "true" if value is True else str(value)))
+        method, url, headers, body, post = self.api.param_serialize(
+            "GET", self.path, query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        response = self.api.call_api(method, url, headers, body, post,
+                                     _request_timeout=kwargs.get("_request_timeout"))
+        if kwargs.get("_preload_content", True):
+            response.read()
+            return response
+        return response.response  # the raw stream, for watch.Watch
+
+
 class RouteWatch:
     """The two watches of one route, feeding ``publish`` with every new snapshot."""
 
@@ -144,17 +194,15 @@ class RouteWatch:
         self.listed = {"sts": False, "pods": False}
 
     def start(self) -> None:
-        from kubernetes import client
-
-        apps, core = client.AppsV1Api(self.client), client.CoreV1Api(self.client)
         backend = self.spec.backend
-        loops: tuple[tuple[str, Any, dict[str, str]], ...] = (
-            ("sts", apps.list_namespaced_stateful_set,
-             {"field_selector": f"metadata.name={backend.statefulset}"}),
-            ("pods", core.list_namespaced_pod, {}),
+        namespace = backend.namespace
+        loops = (
+            ("sts", Collection(self.client, f"/apis/apps/v1/namespaces/{namespace}/statefulsets",
+                               [("fieldSelector", f"metadata.name={backend.statefulset}")])),
+            ("pods", Collection(self.client, f"/api/v1/namespaces/{namespace}/pods", [])),
         )
-        for kind, function, extra in loops:
-            threading.Thread(target=self._loop, args=(kind, function, extra), daemon=True,
+        for kind, collection in loops:
+            threading.Thread(target=self._loop, args=(kind, collection), daemon=True,
                              name=f"watch-{self.spec.name}-{kind}").start()
 
     def stop(self) -> None:
@@ -162,29 +210,28 @@ class RouteWatch:
 
     # --- the list-then-watch loop (thread) ----------------------------------------
 
-    def _loop(self, kind: str, function: Any, extra: dict[str, str]) -> None:
+    def _loop(self, kind: str, collection: Collection) -> None:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
-        namespace = self.spec.backend.namespace
         version: str | None = None
         backoff = BACKOFF_START
         while not self.stopped.is_set():
             try:
                 if version is None:
-                    listed = function(namespace, **extra, _request_timeout=30)
-                    version = listed.metadata.resource_version
-                    self._replace(kind, listed.items)
+                    listed = collection.list(timeout=30)
+                    version = listed["metadata"]["resourceVersion"]
+                    self._replace(kind, listed.get("items") or [])
                 stream = watch.Watch()  # type: ignore[no-untyped-call]
                 events = stream.stream(  # type: ignore[no-untyped-call]
-                    function, namespace, resource_version=version, timeout_seconds=WATCH_SECONDS,
-                    allow_watch_bookmarks=True, _request_timeout=WATCH_SECONDS + 30, **extra)
+                    collection, resource_version=version, timeout_seconds=WATCH_SECONDS,
+                    allow_watch_bookmarks=True, _request_timeout=WATCH_SECONDS + 30)
                 for event in events:
                     if self.stopped.is_set():
                         stream.stop()  # type: ignore[no-untyped-call]
                         return
                     obj = event["object"]
-                    version = obj.metadata.resource_version
+                    version = obj["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
                         self._apply(kind, event["type"], obj)
                 backoff = BACKOFF_START
@@ -215,10 +262,11 @@ class RouteWatch:
 
     # --- state (thread side, under the lock) ------------------------------------------
 
-    def _replace(self, kind: str, items: list[Any]) -> None:
+    def _replace(self, kind: str, items: list[Obj]) -> None:
         with self.lock:
             if kind == "sts":
-                named = [s for s in items if s.metadata.name == self.spec.backend.statefulset]
+                named = [s for s in items
+                         if (s.get("metadata") or {}).get("name") == self.spec.backend.statefulset]
                 self.sts = statefulset_info(named[0]) if named else None
             else:
                 self.pods = {}
@@ -229,14 +277,14 @@ class RouteWatch:
             self.listed[kind] = True
             self._publish_locked()
 
-    def _apply(self, kind: str, event: str, obj: Any) -> None:
+    def _apply(self, kind: str, event: str, obj: Obj) -> None:
         with self.lock:
+            name = (obj.get("metadata") or {}).get("name") or ""
             if kind == "sts":
-                if obj.metadata.name != self.spec.backend.statefulset:
+                if name != self.spec.backend.statefulset:
                     return
                 self.sts = None if event == "DELETED" else statefulset_info(obj)
             else:
-                name = obj.metadata.name
                 info = None if event == "DELETED" else pod_info(obj, self.spec.backend.statefulset)
                 if info is None:
                     if self.pods.pop(name, None) is None:

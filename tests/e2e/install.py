@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ def install(cp: ControlPlane, workdir: Path) -> Installation:
     inst = Installation(cp, documents, None, ident, config_name, namespace)
     try:
         result = cp.kubectl("apply", "--server-side", "-f", "-",
-                            input=yaml.safe_dump_all(documents))
+                            input=for_kubectl(documents))
         inst.applied = [line for line in result.stdout.splitlines() if line.strip()]
         api = cp.api_client()
         kubeconfig = write_service_account_kubeconfig(workdir / "webhook.kubeconfig", cp.server,
@@ -133,5 +134,15 @@ def uninstall(inst: Installation) -> None:
     if inst.webhook is not None:
         inst.webhook.stop()
     inst.control_plane.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=90s",
-                               "-f", "-", input=yaml.safe_dump_all(inst.documents),
+                               "-f", "-", input=for_kubectl(inst.documents),
                                check=False, timeout=120)
+
+
+def for_kubectl(documents: list[dict[str, Any]]) -> str:
+    """The documents as a stream kubectl reads exactly: JSON, which is YAML.
+
+    PyYAML writes a string such as ``41e122`` (a random hex ident) unquoted,
+    since to YAML 1.1 it is no number, but kubectl reads YAML 1.2 and gets the
+    float 4.1e123; JSON leaves no such room.
+    """
+    return "\n---\n".join(json.dumps(doc) for doc in documents)

@@ -96,3 +96,18 @@ def test_end_to_end(control_plane: ControlPlane, kubelet: Kubelet, tmp_path: Pat
 
         assert story.misrouted() == 0
         assert not [a for r in story.rounds for a in r.answers if a.status == 409]
+
+        # Kubernetes mode carries the API client and its watches: the peak RSS
+        # over the whole story (thousands of requests, two relists) stays in budget.
+        assert story.sidecar is not None
+        peak = peak_rss_mib(story.sidecar.proc.pid)
+        story.say(f"sidecar peak RSS over the story: {peak:.1f} MiB")
+        assert peak <= 60, f"the sidecar's peak RSS was {peak:.1f} MiB, over its 60 MiB budget"
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident set, from the kernel's own accounting."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kubernetes import client
 
 from sidecar.annotations import format_downward_file, parse_routes
 from sidecar.discovery import PodInfo, StatefulSetInfo, pod_info, snapshot, statefulset_info
@@ -19,14 +19,17 @@ SPEC = parse_routes({"shard.io/backend": "ledger"}, "shop")[0]
 
 
 def pod(name: str, *, ready: bool = True, ip: str | None = "127.1.2.3", owner: str = "ledger",
-        deleting: bool = False) -> client.V1Pod:
-    return client.V1Pod(
-        metadata=client.V1ObjectMeta(
-            name=name, deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None,
-            owner_references=[client.V1OwnerReference(api_version="apps/v1", kind="StatefulSet",
-                                                      name=owner, uid="u")]),
-        status=client.V1PodStatus(pod_ip=ip, conditions=[
-            client.V1PodCondition(type="Ready", status="True" if ready else "False")]))
+        deleting: bool = False) -> dict[str, Any]:
+    """A pod as the API sends it (JSON), which is what the sidecar reads."""
+    meta: dict[str, Any] = {"name": name, "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": owner, "uid": "u"}]}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {"conditions": [{"type": "Ready",
+                                              "status": "True" if ready else "False"}]}
+    if ip is not None:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
 
 
 @pytest.mark.parametrize(
@@ -43,19 +46,16 @@ def pod(name: str, *, ready: bool = True, ip: str | None = "127.1.2.3", owner: s
         pytest.param(pod("ledger-1", owner="other"), None, id="other-owner"),
     ],
 )
-def test_pod_info(the_pod: client.V1Pod, expected: PodInfo | None) -> None:
+def test_pod_info(the_pod: dict[str, Any], expected: PodInfo | None) -> None:
     assert pod_info(the_pod, "ledger") == expected
 
 
 def test_statefulset_info_takes_desired_replicas_and_first_port() -> None:
-    sts = client.V1StatefulSet(spec=client.V1StatefulSetSpec(
-        replicas=5, selector=client.V1LabelSelector(), service_name="x",
-        template=client.V1PodTemplateSpec(spec=client.V1PodSpec(containers=[
-            client.V1Container(name="a"),
-            client.V1Container(name="b", ports=[client.V1ContainerPort(container_port=9000),
-                                                client.V1ContainerPort(container_port=9001)]),
-        ]))))
+    sts = {"spec": {"replicas": 5, "selector": {}, "serviceName": "x", "template": {"spec": {
+        "containers": [{"name": "a"}, {"name": "b", "ports": [{"containerPort": 9000},
+                                                               {"containerPort": 9001}]}]}}}}
     assert statefulset_info(sts) == StatefulSetInfo(replicas=5, template_port=9000)
+    assert statefulset_info({"spec": {}}) == StatefulSetInfo(replicas=1, template_port=None)
 
 
 def test_snapshot_counts_desired_replicas_and_marks_missing_pods() -> None:
