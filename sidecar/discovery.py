@@ -34,6 +34,8 @@ from sidecar.shardmap import Shard, ShardMap
 
 log = logging.getLogger("shardmesh.sidecar.discovery")
 
+#: Set by the StatefulSet controller on every pod it creates (value: the pod's name).
+POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 #: An API object as JSON.
 Obj = dict[str, Any]
 
@@ -199,7 +201,10 @@ class RouteWatch:
         loops = (
             ("sts", Collection(self.client, f"/apis/apps/v1/namespaces/{namespace}/statefulsets",
                                [("fieldSelector", f"metadata.name={backend.statefulset}")])),
-            ("pods", Collection(self.client, f"/api/v1/namespaces/{namespace}/pods", [])),
+            # Only pods a StatefulSet controller made (it labels each with its name):
+            # the namespace may hold many others, which this sidecar need not hold.
+            ("pods", Collection(self.client, f"/api/v1/namespaces/{namespace}/pods",
+                                [("labelSelector", POD_NAME_LABEL)])),
         )
         for kind, collection in loops:
             threading.Thread(target=self._loop, args=(kind, collection), daemon=True,
