@@ -1,0 +1,36 @@
+"""The hot-path counters and what a scrape makes of them."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.metrics import BUCKETS, Stats, StatsCollector, exposition, registry_for
+
+
+@given(st.floats(min_value=0, max_value=100, allow_nan=False))
+def test_a_latency_lands_in_the_first_bucket_that_holds_it(seconds: float) -> None:
+    stats = Stats()
+    stats.observe("r", "0", 200, seconds)
+    counts = stats.latency["r"].counts
+    assert counts.index(1) == bisect_left(BUCKETS, seconds)  # "le": bound >= seconds
+    assert sum(counts) == 1 and stats.latency["r"].total == seconds
+
+
+def test_a_scrape_reports_every_count_once() -> None:
+    stats = Stats()
+    for ordinal, status, seconds in (("0", 200, 0.0004), ("0", 200, 0.002), ("1", 503, 0.0005),
+                                     ("", 404, 40.0)):
+        stats.observe("ledger", ordinal, status, seconds)
+    text = exposition(registry_for(StatsCollector(stats, lambda: 3, lambda: {}))).decode()
+    assert 'shardmesh_sidecar_requests_total{code="200",ordinal="0",route="ledger"} 2.0' in text
+    assert 'shardmesh_sidecar_requests_total{code="503",ordinal="1",route="ledger"} 1.0' in text
+    assert 'shardmesh_sidecar_requests_total{code="404",ordinal="",route="ledger"} 1.0' in text
+    bucket = "shardmesh_sidecar_request_duration_seconds_bucket"
+    assert f'{bucket}{{le="0.0005",route="ledger"}} 2.0' in text  # 0.0004 and 0.0005
+    assert f'{bucket}{{le="0.0025",route="ledger"}} 3.0' in text
+    assert f'{bucket}{{le="30.0",route="ledger"}} 3.0' in text
+    assert f'{bucket}{{le="+Inf",route="ledger"}} 4.0' in text
+    assert 'shardmesh_sidecar_request_duration_seconds_count{route="ledger"} 4.0' in text
