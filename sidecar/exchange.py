@@ -291,8 +291,8 @@ class Exchange:
         self.deadline = conn.now() + state.spec.timeout_s
         conn.ctx.inflight[self] = None
         upstream.start(self, b"".join(head), self.method == _HEAD)
-        if conn.write_paused and upstream.transport is not None:
-            upstream.transport.pause_reading()
+        if conn.write_paused:
+            upstream.set_reading(False)
 
     def body(self, data: bytes) -> None:
         """A piece of the request body from the client."""

@@ -26,7 +26,7 @@ class RouteLatency:
     """One route's latency histogram: a count per bucket (and +Inf) and the sum."""
 
     def __init__(self) -> None:
-        self.counts: list[int] = [0] * (len(BUCKETS) + 1)
+        self.counts: list[int] = [0] * (_BUCKET_COUNT + 1)
         self.total = 0.0
 
 

@@ -27,7 +27,7 @@ from sidecar.exchange import BLOCK_PIPELINE, Exchange
 from sidecar.metrics import Stats
 from sidecar.settings import Settings
 from sidecar.shardmap import ShardMap
-from sidecar.upstream import Pools
+from sidecar.upstream import Pools, not_connected
 
 #: Pipelined requests queued behind a slow one before reading from the client pauses.
 _PIPELINE_LIMIT = 64
@@ -78,7 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self.should_keep_alive: Callable[[], bool] = parser.should_keep_alive
         self.should_upgrade: Callable[[], bool] = parser.should_upgrade
         self.now: Callable[[], float] = loop.time
-        self.send: Callable[[bytes], None] = _not_connected
+        self.send: Callable[[bytes], None] = not_connected
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
         self.out: list[bytes] = []
@@ -147,17 +147,18 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.queue:
-            upstream = self.queue[0].upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.pause_reading()
+        self._upstream_reading(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._upstream_reading(True)
+
+    def _upstream_reading(self, on: bool) -> None:
+        """Backpressure: only the head exchange has a backend sending to this client."""
         if self.queue:
             upstream = self.queue[0].upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.resume_reading()
+            if upstream is not None:
+                upstream.set_reading(on)
 
     # --- httptools callbacks ----------------------------------------------------
 
@@ -328,10 +329,6 @@ class ClientConnection(asyncio.Protocol):
         if not self.queue and self.parsing is None:
             self.close_after_flush()
 
-
-
-def _not_connected(data: bytes) -> None:
-    raise RuntimeError("write before the connection was made")
 
 
 __all__ = ["ClientConnection", "Context"]

@@ -48,7 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self._new_parser()
-        self.send: Callable[[bytes], None] = _not_connected
+        self.send: Callable[[bytes], None] = not_connected
         self.listener: UpstreamListener | None = None
         self.closed = False
         #: Served at least one request (a stale keep-alive may fail without our fault).
@@ -89,6 +89,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.listener = listener
         self.send(data)
+
+    def set_reading(self, on: bool) -> None:
+        """Pause or resume reading from the backend (the client's backpressure)."""
+        if self.transport is not None:
+            if on:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def finish(self, reusable: bool) -> None:
         """The exchange is done with this connection: pool it or close it."""
@@ -217,7 +225,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.listener.on_response_done(self)
 
 
-def _not_connected(data: bytes) -> None:
+def not_connected(data: bytes) -> None:
+    """What ``send`` is until ``connection_made`` binds the transport's write."""
     raise RuntimeError("write before the connection was made")
 
 
@@ -245,8 +254,7 @@ class Pool:
         if self.closed or len(self.idle) >= self.max_idle:
             conn.abort()
             return
-        if conn.transport is not None:
-            conn.transport.resume_reading()  # so a backend's close is noticed while idle
+        conn.set_reading(True)  # so a backend's close is noticed while idle
         self.idle.append(conn)
 
     async def connect(self, timeout: float) -> UpstreamConnection:
