@@ -66,6 +66,10 @@ class _PerProcess:
 
         if cls.pid != os.getpid():
             cls.pid, cls.context = os.getpid(), ReloadingContext(cert_file, key_file)
+            # Load now, not at the first handshake: every worker then logs
+            # "certificate loaded" at boot and "certificate reloaded" on rotation,
+            # whichever worker the kernel hands the next connection to.
+            cls.context.loaded()
         return cls.context
 
 

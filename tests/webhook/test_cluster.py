@@ -235,6 +235,11 @@ def test_replicas_share_one_secret_rotate_and_fail_open(
         core = client.CoreV1Api(api)
         core.create_namespaced_pod(namespace, pod_manifest("after-rotation", BACKEND))
         assert_injected_once(core.read_namespaced_pod("after-rotation", namespace))
+        # Both replicas serve the rotated certificate, from the same processes.
+        wait_for(lambda: serials(hooks) == {
+            x509.load_pem_x509_certificate(clusterhook.secret_bundle(api, reg)["tls.crt"])
+            .serial_number}, "both replicas serving the rotated certificate", timeout=10)
+        assert [h.proc.pid for h in hooks] == pids
         logs = "".join(h.logs() for h in hooks)
         assert '"msg":"certificate reloaded"' in logs
     finally:
