@@ -119,7 +119,7 @@ def start_server(tmp: Path, workers: int, threads: int,
             "--cert-file", str(tmp / "tls.crt"), "--key-file", str(tmp / "tls.key"),
             "--host", HOST, "--port", str(port), "--workers", str(workers),
             "--threads", str(threads), "--worker-class", worker_class,
-            "--log-level", "warning"]
+            "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning")]
     with open(tmp / "log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
     ctx = ssl.create_default_context(cadata=bundle.ca_bundle.decode())

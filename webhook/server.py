@@ -3,7 +3,10 @@
 This is the only place that maps errors to HTTP statuses: ``WebhookError``
 (a broken review) becomes its ``status`` with a JSON ``{"error", "message"}``
 body; a denial is already an ``allowed: false`` review from the admission
-layer. Logging and metrics also happen here, once per review.
+layer. Logging and metrics also happen here, once per review, in
+``Reviewer.answer``: the Flask view calls it, and so does the WSGI lane in
+front of Flask (``webhook.mutate_lane``) that takes the API server's plain
+reviews without Flask's per-request machinery.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 from flask import Flask, Response, request
@@ -19,7 +23,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from webhook import admission, metrics
 from webhook.admission import Handled, NamespaceLookup
 from webhook.errors import BodyTooLarge, WebhookError
-from webhook.logs import event
+from webhook.logs import LOGGER, event
+from webhook.mutate_lane import MutateLane
 from webhook.podview import display_name
 from webhook.policy import Decision
 from webhook.review import AdmissionRequest
@@ -31,25 +36,26 @@ Recorder = Callable[[AdmissionRequest, Decision], None]
 
 
 def create_app(settings: Settings, namespaces: NamespaceLookup,
-               ready: ReadyCheck = lambda: True, recorder: Recorder | None = None) -> Flask:
+               ready: ReadyCheck = lambda: True, recorder: Recorder | None = None,
+               lane: bool = True) -> Flask:
     """The webhook app. ``namespaces`` returns a namespace's object (the I/O edge);
-    ``ready`` says whether a serving certificate is loaded; ``recorder`` posts Events."""
+    ``ready`` says whether a serving certificate is loaded; ``recorder`` posts Events.
+    ``lane`` puts ``webhook.mutate_lane`` in front of Flask (tests turn it off to
+    check that both give the same answers)."""
     app = Flask("shardmesh-webhook")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    reviewer = Reviewer(settings, namespaces, recorder)
 
     @app.post("/mutate")
-    def mutate() -> tuple[Response, int]:
+    def mutate() -> Response:
         started = time.perf_counter()
         try:
             body = _read_body(settings.max_body_bytes)
-            handled = admission.review(body, settings, namespaces)
         except WebhookError as err:
-            return _bad_review(err)
-        metrics.LATENCY.observe(time.perf_counter() - started)
-        _record(handled, time.perf_counter() - started)
-        if recorder is not None:
-            recorder(handled.request, handled.decision)
-        return _json(handled.response), 200
+            status, out = refuse(err)
+        else:
+            status, out = reviewer.answer(body, started)
+        return Response(out, status=status, mimetype="application/json")
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int]:
@@ -64,7 +70,43 @@ def create_app(settings: Settings, namespaces: NamespaceLookup,
         body, content_type = metrics.exposition()
         return Response(body, content_type=content_type)
 
+    if lane:
+        # Flask's documented place for WSGI middleware.
+        app.wsgi_app = MutateLane(app.wsgi_app, reviewer.answer,  # type: ignore[method-assign]
+                                  settings.max_body_bytes)
     return app
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """One review, body in, (status, JSON) out, counted and logged: what both the
+    Flask view and the WSGI lane call, so that they cannot answer differently."""
+
+    settings: Settings
+    namespaces: NamespaceLookup
+    recorder: Recorder | None = None
+
+    def answer(self, body: bytes, started: float) -> tuple[int, bytes]:
+        try:
+            handled = admission.review(body, self.settings, self.namespaces)
+        except WebhookError as err:
+            return refuse(err)
+        except Exception as err:  # a bug: the API server applies failurePolicy to a 500
+            LOGGER.exception("review failed")
+            return refuse(WebhookError(f"internal error: {type(err).__name__}: {err}",
+                                       status=500))
+        metrics.LATENCY.observe(time.perf_counter() - started)
+        _record(handled, time.perf_counter() - started)
+        if self.recorder is not None:
+            self.recorder(handled.request, handled.decision)
+        return 200, orjson.dumps(handled.response)
+
+
+def refuse(err: WebhookError) -> tuple[int, bytes]:
+    """A broken review: its HTTP status and a JSON ``{"error", "message"}`` body."""
+    metrics.BAD_REVIEWS.labels(status=str(err.status)).inc()
+    event("bad review", logging.WARNING, status=err.status, error=str(err))
+    return err.status, orjson.dumps({"error": type(err).__name__, "message": str(err)})
 
 
 def _read_body(limit: int) -> bytes:
@@ -89,17 +131,6 @@ def _drain(limit: int) -> None:
         if not chunk:
             break
         left -= len(chunk)
-
-
-def _bad_review(err: WebhookError) -> tuple[Response, int]:
-    metrics.BAD_REVIEWS.labels(status=str(err.status)).inc()
-    event("bad review", logging.WARNING, status=err.status, error=str(err))
-    return _json({"error": type(err).__name__, "message": str(err)}), err.status
-
-
-def _json(value: object) -> Response:
-    # orjson rather than Flask's jsonify: a fifth of the cost, same JSON.
-    return Response(orjson.dumps(value), mimetype="application/json")
 
 
 def _record(handled: Handled, seconds: float) -> None:

@@ -1,4 +1,8 @@
-"""The web layer with Flask's test client: HTTP statuses, denials, metrics and logs."""
+"""The web layer with Flask's test client: HTTP statuses, denials, metrics and logs.
+
+Every test that posts a review runs twice: through the WSGI lane that takes
+plain reviews (``webhook.mutate_lane``, the default) and through Flask alone.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,16 @@ POD: dict[str, Any] = {
 }
 
 
+@pytest.fixture(params=[True, False], ids=["lane", "flask"])
+def lane(request: pytest.FixtureRequest) -> bool:
+    on: bool = request.param
+    return on
+
+
 @pytest.fixture
-def client() -> FlaskClient:
-    return create_app(Settings(max_body_bytes=64 * 1024), lambda _ns: {}).test_client()
+def client(lane: bool) -> FlaskClient:
+    return create_app(Settings(max_body_bytes=64 * 1024), lambda _ns: {},
+                      lane=lane).test_client()
 
 
 def counted(result: str, reason: str, dry_run: str = "false") -> float:
@@ -119,11 +130,11 @@ def test_decisions_are_counted_logged_and_dry_run_labelled(
     assert fields["uid"]
 
 
-def test_namespace_lookup_failure_is_503() -> None:
+def test_namespace_lookup_failure_is_503(lane: bool) -> None:
     def broken(name: str) -> dict[str, Any]:
         raise LookupFailed(f"cannot read namespace '{name}': 500 boom")
 
-    app = create_app(Settings(), broken).test_client()
+    app = create_app(Settings(), broken, lane=lane).test_client()
     resp = app.post("/mutate", json=review(POD, "shop", False))
     assert resp.status_code == 503
     assert "cannot read namespace 'shop'" in resp.get_json()["message"]

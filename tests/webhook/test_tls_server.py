@@ -77,6 +77,30 @@ def test_golden_over_tls(server: serving.Webhook, certdir: Path, path: Path) -> 
         assert response["status"]["message"] + "\n" == body
 
 
+def test_every_form_of_one_review_gets_the_same_answer(server: serving.Webhook,
+                                                       certdir: Path) -> None:
+    """The API server's form (with ``?timeout=``) takes the WSGI lane; a chunked body
+    or a media type parameter goes through Flask. The answers are the same bytes."""
+    pod, _, namespace = load_input(TESTDATA / "pod-annotation-true.yaml")
+    body = json.dumps(review(pod, namespace, False)).encode()
+    forms: list[tuple[str, dict[str, str], Any]] = [
+        ("/mutate?timeout=10s", {"Content-Type": "application/json"}, body),
+        ("/mutate", {"Content-Type": "application/json; charset=utf-8"}, body),
+        ("/mutate", {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+         iter([body[:100], body[100:]])),
+    ]
+    conn = server.connection((certdir / "ca.crt").read_bytes())
+    answers = []
+    for path, headers, payload in forms:  # one keep-alive connection, like the API server
+        conn.request("POST", path, body=payload, headers=headers,
+                     encode_chunked="Transfer-Encoding" in headers)
+        resp = conn.getresponse()
+        answers.append((resp.status, resp.getheader("Content-Type"), resp.read()))
+    conn.close()
+    assert answers[0][0] == 200 and b'"patch"' in answers[0][2]
+    assert answers[1] == answers[0] and answers[2] == answers[0]
+
+
 def test_malformed_and_oversized_reviews(server: serving.Webhook, certdir: Path) -> None:
     ca = (certdir / "ca.crt").read_bytes()
     assert post(server, ca, b"{")[0] == 400
