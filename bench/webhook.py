@@ -9,6 +9,7 @@ most are injected, some skipped, some rejected.
 
     python bench/webhook.py [--duration 5] [--levels 1,16,64] [--rounds 3]
                             [--workers 2] [--threads 1] [--client auto|wrk|python]
+                            [--log-level info]
 
 Prints p50, p99 and reviews/s per level. Goal: p99 <= 10 ms at c=16.
 The load comes from ``wrk`` (C, keep-alive HTTPS, a Lua script cycling through
@@ -110,7 +111,8 @@ Server = tuple[subprocess.Popen[bytes], int, bytes]
 
 
 def start_server(tmp: Path, workers: int, threads: int,
-                 worker_class: str = Settings().worker_class) -> Server:
+                 worker_class: str = Settings().worker_class,
+                 log_level: str = Settings().log_level) -> Server:
     bundle = certs.fresh(("localhost", HOST), dt.datetime.now(dt.UTC), dt.timedelta(days=1),
                          dt.timedelta(days=2))
     certs.write_files(bundle.cert, bundle.key, str(tmp / "tls.crt"), str(tmp / "tls.key"))
@@ -119,7 +121,7 @@ def start_server(tmp: Path, workers: int, threads: int,
             "--cert-file", str(tmp / "tls.crt"), "--key-file", str(tmp / "tls.key"),
             "--host", HOST, "--port", str(port), "--workers", str(workers),
             "--threads", str(threads), "--worker-class", worker_class,
-            "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning")]
+            "--log-level", log_level]
     with open(tmp / "log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
     ctx = ssl.create_default_context(cadata=bundle.ca_bundle.decode())
@@ -213,6 +215,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=Settings().workers)
     ap.add_argument("--threads", type=int, default=Settings().threads)
     ap.add_argument("--worker-class", default=Settings().worker_class)
+    ap.add_argument("--log-level", default=Settings().log_level,
+                    help="the server's; at info (the default, as deployed) every "
+                         "decision writes a JSON line, to a file here")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs per level, interleaved; the median run is printed")
@@ -220,13 +225,15 @@ def main() -> int:
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
     bodies = [review(i) for i in range(200)]
     with tempfile.TemporaryDirectory(prefix="shardmesh-bench-") as tmp:
-        proc, port, ca = start_server(Path(tmp), args.workers, args.threads, args.worker_class)
+        proc, port, ca = start_server(Path(tmp), args.workers, args.threads,
+                                      args.worker_class, args.log_level)
         try:
             run_level(port, ca, 4, 1.0, bodies)  # warm-up
             shape = (f"{args.threads} threads" if args.worker_class == "gthread"
                      else "greenlets")
             print(f"webhook: gunicorn {args.workers} {args.worker_class} worker(s) x {shape}, TLS, "
-                  f"{os.cpu_count()} CPUs, {args.duration:.0f}s per level, "
+                  f"{os.cpu_count()} CPUs, log level {args.log_level}, "
+                  f"{args.duration:.0f}s per level, "
                   f"review body ~{len(bodies[0]) // 1024} KiB, "
                   f"client {'wrk' if use_wrk else 'python threads'}, "
                   f"median of {args.rounds} interleaved rounds")

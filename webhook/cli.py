@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import gc
+import importlib.util
 import os
 import shutil
 import sys
@@ -113,6 +114,19 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
             # No control socket: the root filesystem is read-only in the pod, and
             # replicas on one machine (tests) would fight over the same path.
             "control_socket_disable": True,
+            # gunicorn_h1c (picohttpparser, by gunicorn's author) parses request
+            # heads in C: 6-7% less CPU per review than gunicorn's Python parser
+            # (paired rounds of bench/webhook.py). "auto" falls back to Python
+            # if it is missing; the start-up log says which one runs.
+            "http_parser": "auto",
+            # Nothing stands between the API server and the webhook, so no
+            # forwarding header is honoured: the header lists are empty. The
+            # allow list is "*" only because gunicorn otherwise parses the peer's
+            # address with ipaddress on every request; with empty lists it grants
+            # nothing.
+            "forwarded_allow_ips": "*",
+            "forwarder_headers": "",
+            "secure_scheme_headers": {},
         }
         if self.on_ready is not None:
             values["when_ready"] = lambda _server: self.on_ready()
@@ -200,6 +214,7 @@ def main(argv: list[str]) -> int:
             return 1
     event("starting", port=settings.port, workers=settings.workers,
           worker_class=settings.worker_class, threads=settings.threads,
-          cert_mode=settings.cert_mode, offline=settings.offline)
+          cert_mode=settings.cert_mode, offline=settings.offline,
+          http_parser="gunicorn_h1c" if importlib.util.find_spec("gunicorn_h1c") else "python")
     WebhookApplication(settings, cert_file, key_file, on_ready).run()
     return 0

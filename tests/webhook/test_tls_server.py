@@ -184,3 +184,9 @@ def test_certificate_files_are_reloaded_without_restart(server: serving.Webhook,
     assert server.proc.poll() is None and server.proc.pid == pid
     # And the new chain is what clients verify against now.
     assert post(server, bundle.ca_bundle, b"{")[0] == 400
+
+
+def test_request_heads_are_parsed_in_c(server: serving.Webhook) -> None:
+    # gunicorn_h1c is a declared dependency; gunicorn would quietly fall back
+    # to its Python parser (6-7% more CPU per review) if it went missing.
+    assert '"http_parser":"gunicorn_h1c"' in server.logs()
