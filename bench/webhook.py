@@ -7,7 +7,7 @@ API server keeps its connections), posting realistic reviews: a pod from a
 Deployment with two app containers, an init container and routing annotations;
 most are injected, some skipped, some rejected.
 
-    python bench/webhook.py [--duration 5] [--levels 1,16,64] [--rounds 3]
+    python bench/webhook.py [--duration 5] [--levels 1,16,64] [--rounds 5]
                             [--workers 2] [--threads 1] [--client auto|wrk|python]
                             [--log-level info]
 
@@ -219,7 +219,7 @@ def main() -> int:
                     help="the server's; at info (the default, as deployed) every "
                          "decision writes a JSON line, to a file here")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="runs per level, interleaved; the median run is printed")
     args = ap.parse_args()
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))

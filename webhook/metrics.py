@@ -1,7 +1,7 @@
 """Prometheus metrics of the webhook.
 
-With one gunicorn worker (the default; see webhook/cli.py) the default
-registry is exported as is. With several workers gunicorn's processes each
+With one gunicorn worker the default registry is exported as is. With
+several (2 by default; see webhook/settings.py) gunicorn's processes each
 count their own reviews, so ``webhook.cli`` sets ``PROMETHEUS_MULTIPROC_DIR``
 before this module is imported and ``/metrics`` merges the per-process files.
 """
