@@ -29,6 +29,12 @@ BAD_REVIEWS = Counter(
     "Reviews answered with an HTTP error, by status.",
     ["status"],
 )
+REVIEWS = Counter(
+    "shardmesh_webhook_reviews_total",
+    "Reviews received on /mutate, by the way they came in: 'lane' for the API "
+    "server's plain form (webhook/mutate_lane.py), 'flask' for any other.",
+    ["via"],
+)
 LATENCY = Histogram(
     "shardmesh_webhook_review_duration_seconds",
     "Time to answer one AdmissionReview, from body read to response encoded.",

@@ -54,7 +54,7 @@ def create_app(settings: Settings, namespaces: NamespaceLookup,
         except WebhookError as err:
             status, out = refuse(err)
         else:
-            status, out = reviewer.answer(body, started)
+            status, out = reviewer.answer(body, started, "flask")
         return Response(out, status=status, mimetype="application/json")
 
     @app.get("/healthz")
@@ -72,8 +72,9 @@ def create_app(settings: Settings, namespaces: NamespaceLookup,
 
     if lane:
         # Flask's documented place for WSGI middleware.
-        app.wsgi_app = MutateLane(app.wsgi_app, reviewer.answer,  # type: ignore[method-assign]
-                                  settings.max_body_bytes)
+        app.wsgi_app = MutateLane(  # type: ignore[method-assign]
+            app.wsgi_app, lambda body, started: reviewer.answer(body, started, "lane"),
+            settings.max_body_bytes)
     return app
 
 
@@ -86,7 +87,8 @@ class Reviewer:
     namespaces: NamespaceLookup
     recorder: Recorder | None = None
 
-    def answer(self, body: bytes, started: float) -> tuple[int, bytes]:
+    def answer(self, body: bytes, started: float, via: str) -> tuple[int, bytes]:
+        metrics.REVIEWS.labels(via).inc()
         try:
             handled = admission.review(body, self.settings, self.namespaces)
         except WebhookError as err:

@@ -124,6 +124,22 @@ def test_controller_pods_are_injected_exactly_once(webhook: LocalWebhook, namesp
 
     wait_for(lambda: injected_events() == {"ReplicaSet", "StatefulSet"},
              "ShardRouterInjected Events on the ReplicaSet and the StatefulSet", timeout=15)
+    # The API server's reviews take the WSGI lane, not the slower way through Flask.
+    reviews = reviews_by_way(webhook)
+    assert reviews.get("lane", 0) >= 4 and reviews.get("flask", 0) == 0, reviews
+
+
+def reviews_by_way(webhook: LocalWebhook) -> dict[str, float]:
+    conn = webhook.hook.connection(clusterhook.ca_bundle(webhook.api, webhook.reg))
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("shardmesh_webhook_reviews_total{"):
+            via = line.split('via="', 1)[1].split('"', 1)[0]
+            found[via] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def test_automount_off_still_gives_the_sidecar_a_token(webhook: LocalWebhook,

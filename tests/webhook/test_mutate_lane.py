@@ -123,3 +123,20 @@ def test_a_bug_in_a_review_is_a_json_500_either_way() -> None:
             "/mutate", json=review(pod, namespace, False))
         assert resp.status_code == 500
         assert "internal error: KeyError" in resp.get_json()["message"]
+
+
+def test_reviews_are_counted_by_the_way_they_came() -> None:
+    from prometheus_client import REGISTRY
+
+    def count(via: str) -> float:
+        value = REGISTRY.get_sample_value("shardmesh_webhook_reviews_total", {"via": via})
+        return value or 0.0
+
+    before = {via: count(via) for via in ("lane", "flask")}
+    client = create_app(Settings(), lambda _ns: {}).test_client()
+    pod, _, namespace = load_input(TESTDATA / "pod-annotation-true.yaml")
+    body = json.dumps(review(pod, namespace, False)).encode()
+    client.post("/mutate", data=body, content_type="application/json")
+    client.post("/mutate", data=body, content_type="application/json; charset=utf-8")
+    client.post("/mutate", data=body, content_type="application/json")
+    assert count("lane") == before["lane"] + 2 and count("flask") == before["flask"] + 1
