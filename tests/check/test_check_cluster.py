@@ -8,7 +8,6 @@ with ``--namespace`` to the test's own namespaces.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from shardmesh.check import main
+from tests.check.cli_run import check, only
 from tests.check.tls import DAY, b64, closed_port, healthz_server, make_ca, make_leaf, now
 from tests.cluster.waiting import wait_for
 
@@ -67,19 +67,6 @@ def register(control_plane: Any, namespace: str) -> Iterator[Register]:
     yield create
     for name in names:
         api.delete_mutating_webhook_configuration(name)
-
-
-def check(control_plane: Any, capsys: pytest.CaptureFixture[str], *args: str
-          ) -> tuple[int, list[dict[str, Any]]]:
-    """Run the real CLI entry with --json; returns (exit code, findings)."""
-    code = main([*args, "--json", "--kubeconfig", str(control_plane.kubeconfig)])
-    return code, json.loads(capsys.readouterr().out)["findings"]
-
-
-def only(findings: list[dict[str, Any]], check_name: str, needle: str = "") -> dict[str, Any]:
-    matches = [f for f in findings if f["check"] == check_name and needle in f["message"]]
-    assert len(matches) == 1, f"expected one {check_name} finding with {needle!r}: {findings}"
-    return matches[0]
 
 
 def test_missing_webhook_configuration(control_plane: Any, namespace: str,

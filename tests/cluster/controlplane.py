@@ -235,6 +235,8 @@ class ControlPlane:
             "--authorization-mode=Node,RBAC",
             # Its Endpoints would hold 127.0.0.1, which validation refuses.
             "--endpoint-reconciler-type=none",
+            # Webhooks behind a Service are called at an EndpointSlice address: no kube-proxy.
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",

@@ -13,6 +13,7 @@ label, on top of the manifest's own namespaceSelector.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from kubernetes import client
 
 from tests.cluster.waiting import wait_for
 from tests.webhook import serving
+from webhook.render import TOKEN_DIR
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 SELECTOR_LABEL = "shardmesh.test/webhook"
+BACKEND = {"shard.io/backend": "accounts=sharded-svc:8080"}
 
 
 @dataclass
@@ -64,9 +67,10 @@ def manifest_config() -> dict[str, Any]:
     return config
 
 
-def register(api: client.ApiClient, port: int) -> Registration:
+def register(api: client.ApiClient, port: int, via_service: bool = False) -> Registration:
     """Create the injector namespace, the manifests' RBAC for it, and the webhook
-    configuration (without caBundle)."""
+    configuration (without caBundle). ``via_service`` keeps the manifests'
+    ``clientConfig.service``, in the injector namespace; else the URL of ``port`` on HOST."""
     ident = secrets.token_hex(3)
     reg = Registration(ident, f"shardmesh-sidecar-injector-{ident}", f"shardmesh-wh-{ident}",
                        "shardmesh-webhook-certs", port)
@@ -75,7 +79,10 @@ def register(api: client.ApiClient, port: int) -> Registration:
     config = manifest_config()
     config["metadata"]["name"] = reg.config_name
     for hook in config["webhooks"]:
-        hook["clientConfig"] = {"url": f"https://{serving.HOST}:{port}/mutate"}
+        if via_service:
+            hook["clientConfig"]["service"]["namespace"] = reg.injector_namespace
+        else:
+            hook["clientConfig"] = {"url": f"https://{serving.HOST}:{port}/mutate"}
         hook["namespaceSelector"]["matchExpressions"].append(
             {"key": SELECTOR_LABEL, "operator": "In", "values": [ident]})
     client.AdmissionregistrationV1Api(api).create_mutating_webhook_configuration(config)
@@ -124,13 +131,18 @@ def create_rbac(api: client.ApiClient, reg: Registration) -> None:
 
 
 def service_account_kubeconfig(api: client.ApiClient, reg: Registration,
-                               admin_kubeconfig: Path, path: Path) -> Path:
-    """A kubeconfig that authenticates as the webhook's ServiceAccount (a bound token)."""
+                               admin_kubeconfig: Path, path: Path,
+                               server: str | None = None) -> Path:
+    """A kubeconfig that authenticates as the webhook's ServiceAccount (a bound token).
+    ``server`` replaces the API server's URL (a relay to it), still verified by name."""
     request = {"spec": {"expirationSeconds": 3600}}
     token = client.CoreV1Api(api).create_namespaced_service_account_token(
         "shardmesh-webhook", reg.injector_namespace, request).status.token
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
+    if server:
+        # A name in the API server's certificate (tests/cluster/pki.py), as in-cluster.
+        cluster.update({"server": server, "tls-server-name": "kubernetes.default.svc"})
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "test", "cluster": cluster}],
@@ -163,3 +175,23 @@ def label_namespace(api: client.ApiClient, name: str, reg: Registration,
                     labels: dict[str, str] | None = None) -> None:
     body = {"metadata": {"labels": {SELECTOR_LABEL: reg.ident, **(labels or {})}}}
     client.CoreV1Api(api).patch_namespace(name, body)
+
+
+def pod_manifest(name: str, annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "example.com/client:1"}], **spec}}
+
+
+def assert_injected_once(pod: Any) -> None:
+    inits = pod.spec.init_containers or []
+    names = [c.name for c in inits] + [c.name for c in pod.spec.containers]
+    assert names.count("shard-router") == 1, names
+    sidecar = inits[0]
+    assert sidecar.name == "shard-router" and sidecar.restart_policy == "Always", \
+        "a native sidecar, first among the init containers"
+    status = json.loads(pod.metadata.annotations["shard.io/status"])
+    assert status["initContainers"] == ["shard-router"] and status["routes"] == ["accounts"]
+    # The ServiceAccount plugin re-ran after the webhook and mounted the token into
+    # the sidecar as well (or, with automount off, the webhook's own volume is there).
+    assert any(m.mount_path == TOKEN_DIR for m in sidecar.volume_mounts), sidecar.volume_mounts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -56,9 +58,10 @@ class Webhook:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    host: str = HOST
 
     def connection(self, cadata: bytes | None) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(HOST, self.port, context=client_context(cadata),
+        return http.client.HTTPSConnection(self.host, self.port, context=client_context(cadata),
                                            timeout=10)
 
     def stop(self) -> None:
@@ -73,23 +76,31 @@ class Webhook:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def decisions(self) -> list[dict[str, Any]]:
+        """The decision log lines (one JSON object per review), oldest first."""
+        return [json.loads(line) for line in self.logs().splitlines()
+                if line.startswith("{") and '"msg":"decision"' in line]
+
 
 def start(args: Sequence[str], log: Path, port: int | None = None,
-          env: dict[str, str] | None = None, wait: float = 30.0) -> Webhook:
+          env: dict[str, str] | None = None, wait: float = 30.0, host: str = HOST,
+          prefix: Sequence[str] = ()) -> Webhook:
     """Start ``shardmesh webhook`` and wait until ``/readyz`` answers over TLS."""
-    return wait_ready(spawn(args, log, port, env), wait)
+    return wait_ready(spawn(args, log, port, env, host, prefix), wait)
 
 
 def spawn(args: Sequence[str], log: Path, port: int | None = None,
-          env: dict[str, str] | None = None) -> Webhook:
-    """Start ``shardmesh webhook`` without waiting."""
+          env: dict[str, str] | None = None, host: str = HOST,
+          prefix: Sequence[str] = ()) -> Webhook:
+    """Start ``shardmesh webhook`` on ``host`` without waiting; ``prefix`` goes before the
+    command line (e.g. ``ip netns exec NAME``, which execs the command, so the pid is its)."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "shardmesh", "webhook", "--host", HOST, "--port", str(port),
-            *args]
+    argv = [*prefix, sys.executable, "-m", "shardmesh", "webhook", "--host", host,
+            "--port", str(port), *args]
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})})
-    return Webhook(proc, port, log)
+    return Webhook(proc, port, log, host)
 
 
 def wait_ready(hook: Webhook, wait: float = 30.0) -> Webhook:

@@ -20,11 +20,16 @@ from kubernetes import client
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.waiting import wait_for
 from tests.webhook import clusterhook, serving
-from tests.webhook.clusterhook import MANIFESTS, Registration
+from tests.webhook.clusterhook import (
+    BACKEND,
+    MANIFESTS,
+    Registration,
+    assert_injected_once,
+    pod_manifest,
+)
 from webhook.render import TOKEN_DIR, TOKEN_VOLUME
 
 pytestmark = pytest.mark.cluster
-BACKEND = {"shard.io/backend": "accounts=sharded-svc:8080"}
 
 
 @dataclass
@@ -52,12 +57,6 @@ def webhook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactor
     clusterhook.unregister(api, reg)
 
 
-def pod_manifest(name: str, annotations: dict[str, str], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": {"containers": [{"name": "app", "image": "example.com/client:1"}], **spec}}
-
-
 def template(app: str) -> dict[str, Any]:
     return {"metadata": {"labels": {"app": app}, "annotations": BACKEND},
             "spec": {"containers": [{"name": "app", "image": "example.com/client:1",
@@ -72,20 +71,6 @@ def pods(api: client.ApiClient, namespace: str, app: str, count: int) -> list[An
         return found if len(found) == count else []
 
     return wait_for(listed, f"{count} pods of {app} in {namespace}", timeout=60)
-
-
-def assert_injected_once(pod: Any) -> None:
-    inits = pod.spec.init_containers or []
-    names = [c.name for c in inits] + [c.name for c in pod.spec.containers]
-    assert names.count("shard-router") == 1, names
-    sidecar = inits[0]
-    assert sidecar.name == "shard-router" and sidecar.restart_policy == "Always", \
-        "a native sidecar, first among the init containers"
-    status = json.loads(pod.metadata.annotations["shard.io/status"])
-    assert status["initContainers"] == ["shard-router"] and status["routes"] == ["accounts"]
-    # The ServiceAccount plugin re-ran after the webhook and mounted the token into
-    # the sidecar as well (or, with automount off, the webhook's own volume is there).
-    assert any(m.mount_path == TOKEN_DIR for m in sidecar.volume_mounts), sidecar.volume_mounts
 
 
 def test_manifests_pass_server_side_dry_run(control_plane: ControlPlane) -> None:
@@ -199,8 +184,7 @@ def test_server_dry_run_shows_the_injection_and_stores_nothing(
     shown = json.loads(result.stdout)
     assert shown["spec"]["initContainers"][0]["name"] == "shard-router"
     assert not client.CoreV1Api(webhook.api).list_namespaced_pod(namespace).items
-    decisions = [json.loads(line) for line in webhook.hook.logs().splitlines()
-                 if line.startswith("{") and '"msg":"decision"' in line]
+    decisions = webhook.hook.decisions()
     assert any(d["namespace"] == namespace and d["dryRun"] is True for d in decisions)
 
 
