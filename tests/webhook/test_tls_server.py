@@ -190,3 +190,11 @@ def test_request_heads_are_parsed_in_c(server: serving.Webhook) -> None:
     # gunicorn_h1c is a declared dependency; gunicorn would quietly fall back
     # to its Python parser (6-7% more CPU per review) if it went missing.
     assert '"http_parser":"gunicorn_h1c"' in server.logs()
+
+
+def test_gunicorn_log_lines_format(server: serving.Webhook) -> None:
+    # gunicorn's own lines ("Booting worker ...") print %(process)d: the
+    # logging switches that speed up the decision lines must leave it on.
+    logs = server.logs()
+    assert "Booting worker with pid" in logs
+    assert "Logging error" not in logs, logs
