@@ -143,8 +143,16 @@ def _service_findings(target: WebhookTarget, probe: ServiceProbe) -> list[Findin
     proxy = probe.proxy
     if proxy.error or proxy.status != 200:
         why = proxy.error or f"answered {proxy.status}: {proxy.body[:200]!r}"
+        # Ready endpoints that the proxy cannot use: the causes seen in practice.
+        hints = (() if probe.ready_endpoints == 0 else (
+            "the Service's targetPort must be the webhook's --port (8443 in manifests/)",
+            "a NetworkPolicy in the injector's namespace must let the API server in",
+            "the service proxy only uses endpoints whose targetRef is a Pod with that "
+            "address, on a port named like the Service's; hand-made EndpointSlices "
+            "need both",
+        ))
         reach = Finding(FAIL, "webhook", f"{target.where}: GET {svc.proxy_path} "
-                        f"through the API server failed: {why}")
+                        f"through the API server failed: {why}", hints)
     else:
         reach = Finding(OK, "webhook", f"{target.where}: Service {svc} port {svc.port} "
                         "answered /healthz through the API server")

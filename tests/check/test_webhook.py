@@ -110,6 +110,9 @@ SERVICE_HOOK = {"name": "svc.shard.io", "clientConfig": {
                  {"webhook": "OK", "endpoints": "OK"}, "2 ready endpoint(s)", id="healthy"),
     pytest.param(ServiceProbe(True, 0, ProbeResult("p", status=503, body="no endpoints")),
                  {"webhook": "FAIL", "endpoints": "FAIL"}, "no ready endpoints", id="no-endpoints"),
+    pytest.param(ServiceProbe(True, 1, ProbeResult("p", status=503, body="no endpoints")),
+                 {"webhook": "FAIL", "endpoints": "OK"}, "a NetworkPolicy",
+                 id="unusable-endpoints"),
     pytest.param(ServiceProbe(False, 0, ProbeResult("p", error="no Service")),
                  {"webhook": "FAIL"}, "Service sm/hook not found", id="no-service"),
 ])
@@ -120,4 +123,4 @@ def test_service_webhook_verdicts(ca: Issued, probe: ServiceProbe, expected: dic
     [target] = webhook_targets(config(hook))
     findings = webhook_findings(target, probe, now(), 30)
     assert by_check(findings) == {**expected, "ca-bundle": "OK"}
-    assert any(needle in f.message for f in findings)
+    assert any(needle in f.message or any(needle in h for h in f.hints) for f in findings)
