@@ -261,12 +261,20 @@ def median(results: list[Result]) -> Result:
                   mid([r.p99_ms for r in results]), 0, mid([r.cpu_us for r in results]))
 
 
+def data_plane() -> str:
+    """What the measured sidecar ran: the mypyc build (make compile) or plain Python."""
+    probe = subprocess.run([sys.executable, "-c", "import sidecar; print(sidecar.compiled())"],
+                           cwd=REPO, capture_output=True, text=True, check=True)
+    return "compiled (mypyc)" if probe.stdout.strip() == "True" else "plain Python"
+
+
 def report(results: dict[str, dict[int, Result]], rss_kib: int, pinned: bool,
            args: argparse.Namespace, ratios: Ratios) -> None:
     where = "pinned: proxy on CPU 1, wrk+backends on CPU 0" if pinned else "not pinned"
     print(f"\nshardmesh sidecar benchmark: wrk -t1, {args.duration}s per run, median of "
           f"{args.rounds} interleaved rounds (ratios: the median of each round's ratio), "
-          f"GET with X-Shard-Key over 100k keys, 3 nginx backends; {where}\n")
+          f"GET with X-Shard-Key over 100k keys, 3 nginx backends; {where}; "
+          f"sidecar data plane {data_plane()}\n")
     print("| target | rps @1 | p50 @1 | p99 @1 | rps @50 | p50 @50 | p99 @50 "
           "| rps@50 / nginx | p50@1 / nginx |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
