@@ -2,8 +2,9 @@
 
 Process model and why:
 - By default 2 gevent workers (``webhook.worker`` says why gevent). A review
-  is pure Python, so one process uses one CPU at most; two brought p99 at
-  c=16 to 10-16 ms on a 2-CPU node, where one worker gave 20+ ms. ``--worker-class
+  is pure Python, so one process uses one CPU at most; on a 2-CPU node two
+  workers give the best p99 at c=16 (one or three were worse; README,
+  Benchmarks). ``--worker-class
   gthread`` remains for those who cannot use gevent. With more than one
   worker, Prometheus multiprocess mode is switched on
   (``PROMETHEUS_MULTIPROC_DIR``) so ``/metrics`` still sums over all workers.

@@ -64,6 +64,18 @@ class Webhook:
         return http.client.HTTPSConnection(self.host, self.port, context=client_context(cadata),
                                            timeout=10)
 
+    def samples(self, cadata: bytes | None, name: str) -> list[tuple[dict[str, str], float]]:
+        """The labels and value of each sample of metric ``name`` on ``/metrics``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        conn = self.connection(cadata)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return [(sample.labels, sample.value)
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == name]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -115,16 +115,9 @@ def test_controller_pods_are_injected_exactly_once(webhook: LocalWebhook, namesp
 
 
 def reviews_by_way(webhook: LocalWebhook) -> dict[str, float]:
-    conn = webhook.hook.connection(clusterhook.ca_bundle(webhook.api, webhook.reg))
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("shardmesh_webhook_reviews_total{"):
-            via = line.split('via="', 1)[1].split('"', 1)[0]
-            found[via] = float(line.rsplit(" ", 1)[1])
-    return found
+    ca = clusterhook.ca_bundle(webhook.api, webhook.reg)
+    return {labels["via"]: value
+            for labels, value in webhook.hook.samples(ca, "shardmesh_webhook_reviews_total")}
 
 
 def test_automount_off_still_gives_the_sidecar_a_token(webhook: LocalWebhook,

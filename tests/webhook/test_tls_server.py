@@ -149,14 +149,9 @@ def test_metrics_add_up_across_workers(server: serving.Webhook, certdir: Path) -
     pod, _, namespace = load_input(TESTDATA / "not-enabled.yaml")
 
     def skipped_count() -> float:
-        conn = server.connection(ca)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        for line in text.splitlines():
-            if line.startswith("shardmesh_webhook_decisions_total{") and \
-                    'reason="injection_not_enabled"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return sum(value for labels, value in
+                   server.samples(ca, "shardmesh_webhook_decisions_total")
+                   if labels.get("reason") == "injection_not_enabled")
 
     before = skipped_count()
     for _ in range(12):  # fresh connections, spread over both workers
