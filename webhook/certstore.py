@@ -144,6 +144,19 @@ class CertStore:
         """Put ``ca_bundle`` into every webhook of our configuration; True if changed.
         A missing configuration is not an error: it may be applied later."""
         name = self.settings.webhook_config_name
+        for _ in range(5):
+            try:
+                return self._patch_ca_bundle_once(name, ca_bundle)
+            except ApiException as err:
+                # 422: the test op failed, someone (another replica starting at the
+                # same moment) changed the configuration between our read and patch.
+                if err.status not in (409, 422):
+                    raise
+                event("webhook configuration changed while patching; reading it again",
+                      name=name)
+        raise RuntimeError(f"could not patch the caBundle of {name} after 5 tries")
+
+    def _patch_ca_bundle_once(self, name: str, ca_bundle: bytes) -> bool:
         try:
             config = self.admission.read_mutating_webhook_configuration(name)
         except ApiException as err:
@@ -161,7 +174,7 @@ class CertStore:
         ]
         if not ops:
             return False
-        # The test op fails the patch if the list changed under us; the next sync retries.
+        # The test op fails the patch if the list changed under us (then: read again).
         assert config.metadata is not None
         ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion",
                        "value": str(config.metadata.resource_version)})
