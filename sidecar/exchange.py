@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from sidecar import http11, keys
 from sidecar.errors import ProxyError, render
@@ -32,17 +32,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmesh.sidecar.proxy")
 
-_HEAD = b"HEAD"
-_HTTP11_CRLF = b"HTTP/1.1\r\n"
-#: (status, reason) -> the client's status line (bounded: reasons come from backends).
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
-#: http11.shard_headers' cache, read here without the call.
-_SHARD_HEADERS = http11.SHARD_HEADERS
-_RETRY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+# Final, so that the compiled module reads them as constants, not from its globals dict.
+_HEAD: Final = b"HEAD"
+_HTTP11_CRLF: Final = b"HTTP/1.1\r\n"
+_RETRY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 #: Bytes of request body held for a request not yet connected before reading pauses.
-_PENDING_LIMIT = 256 * 1024
+_PENDING_LIMIT: Final = 256 * 1024
 # Reasons reading from a client is paused (a bit set, resumed when all clear).
-BLOCK_PENDING, BLOCK_UPSTREAM, BLOCK_PIPELINE = 1, 2, 4
+BLOCK_PENDING: Final = 1
+BLOCK_UPSTREAM: Final = 2
+BLOCK_PIPELINE: Final = 4
 
 
 class Exchange:
@@ -72,6 +71,7 @@ class Exchange:
     ordinal = -1
     shard: Shard | None = None
     task: asyncio.Task[None] | None = None
+    #: When the response head is due; set exactly while in ``ctx.inflight`` (see untrack).
     deadline = 0.0
     started = 0.0
     status = 0
@@ -94,8 +94,6 @@ class Exchange:
         self.flush = conn.flush
         #: The upstream head as it is built: [request line, name, ": ", value, CRLF, ...].
         self.head: list[bytes] = [b""]
-        #: Lower-cased header name -> first value, for the key lookup.
-        self.lookup: dict[bytes, bytes] = {}
         self.pending: list[bytes] = []
         self.drop = http11.NO_TOKENS
 
@@ -127,19 +125,21 @@ class Exchange:
             self.no_route(name, rest, query)
             return
         self.state = state
-        source = state.spec.key
-        if source.kind == "header":
+        source = state.key
+        kind = state.key_kind
+        if kind == "header":
             try:
-                key = keys.from_header(self.lookup.get(state.key_header), source)
+                value = http11.header_value(self.head, state.key_header, state.key_spelling)
+                key = keys.from_header(value, source)
             except ProxyError as err:
                 self.fail(err)
                 return
-        elif source.kind == "json":
+        elif kind == "json":
             self.start_json()
             return
         else:
             try:
-                key = keys.from_query(query, source) if source.kind == "query" else \
+                key = keys.from_query(query, source) if kind == "query" else \
                     keys.from_path(rest, source)
             except ProxyError as err:
                 self.fail(err)
@@ -269,12 +269,13 @@ class Exchange:
         if self.drop:
             head = _without(head, self.drop)
         head[0] = b" ".join((self.method, self.target, _HTTP11_CRLF))
-        ordinal, count = self.ordinal, state.count
-        head.append(_SHARD_HEADERS.get((ordinal, count)) or http11.shard_headers(ordinal, count))
+        head.append(state.shard_headers[self.ordinal])
         if self.chunked:
             head.append(http11.CHUNKED)
         elif self.content_length is not None:
-            head += (b"Content-Length: ", self.content_length, b"\r\n")
+            head.append(b"Content-Length: ")
+            head.append(self.content_length)
+            head.append(b"\r\n")
         head.append(b"\r\n")
         if self.pending:
             if self.chunked:
@@ -288,7 +289,7 @@ class Exchange:
         if self.expect_continue and not self.request_done and not self.json_mode:
             conn.write(http11.CONTINUE)
             conn.flush()
-        self.deadline = conn.now() + state.spec.timeout_s
+        self.deadline = conn.now() + state.timeout_s
         conn.ctx.inflight[self] = None
         upstream.start(self, b"".join(head), self.method == _HEAD)
         if conn.write_paused:
@@ -332,19 +333,16 @@ class Exchange:
 
     def on_response_head(self, up: UpstreamConnection) -> None:
         conn = self.conn
-        conn.ctx.inflight.pop(self, None)
+        self.untrack()
         self.status = status = up.status
-        head = up.head
-        reason = up.reason
-        line = _STATUS_LINES.get((status, reason))
-        if line is None:
-            line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
-            if len(_STATUS_LINES) < 1024:
-                _STATUS_LINES[(status, reason)] = line
-        head[0] = line
-        head.append(self.shard.response_header)  # type: ignore[union-attr]
+        head = up.head  # its first item is already the status line
+        shard = self.shard
+        assert shard is not None
+        head.append(shard.response_header)
         if up.content_length is not None:
-            head += (b"Content-Length: ", up.content_length, b"\r\n")
+            head.append(b"Content-Length: ")
+            head.append(up.content_length)
+            head.append(b"\r\n")
         elif self.method != _HEAD and status not in http11.NO_BODY_STATUS:
             if self.http10:
                 self.close_after = True  # HTTP/1.0 has no chunked: the close ends the body
@@ -358,7 +356,10 @@ class Exchange:
             head.append(http11.KEEP_ALIVE)
         head.append(b"\r\n")
         self.response_started = True
-        conn.out += head
+        if conn.out:
+            conn.out += head
+        else:
+            conn.out = head  # the upstream starts a new list for its next response
 
     def on_response_body(self, data: bytes) -> None:
         if self.response_chunked:
@@ -394,7 +395,7 @@ class Exchange:
                 and self.method in _RETRY_METHODS):
             # A pooled connection the backend had already closed: no request reached it.
             self.retried = True
-            self.conn.ctx.inflight.pop(self, None)
+            self.untrack()
             del self.head[self.head_base:]
             self.send(state, self.ordinal, self.shard)
             return
@@ -459,24 +460,30 @@ class Exchange:
         self.finished = True
         conn = self.conn
         ctx = conn.ctx
-        if self.deadline:
-            ctx.inflight.pop(self, None)
+        self.untrack()
         if not self.request_done:
             self.discard = True  # the rest of the body, if any, is read and dropped
             self.pending, self.pending_bytes = [], 0
         state, shard = self.state, self.shard
         label = shard.label if shard is not None else \
             str(self.ordinal) if self.ordinal >= 0 else ""
-        ctx.stats.observe(state.spec.name if state is not None else "-", label, self.status,
+        ctx.stats.observe(state.name if state is not None else "-", label, self.status,
                           conn.now() - self.started)
         if conn.blocked:
             conn.unblock(BLOCK_PENDING | BLOCK_UPSTREAM)
         conn.exchange_done(self)
 
+    def untrack(self) -> None:
+        """Out of the timeout sweep (``Context.expire``): a response head came, or the
+        exchange ended. Cheap when already out, as it is for most calls."""
+        if self.deadline:
+            self.deadline = 0.0
+            self.conn.ctx.inflight.pop(self, None)
+
     def abort(self) -> None:
         """The client went away: drop everything, never pool a half-used connection."""
         self.finished = True
-        self.conn.ctx.inflight.pop(self, None)
+        self.untrack()
         if self.task is not None:
             self.task.cancel()
             self.task = None

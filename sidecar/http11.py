@@ -39,7 +39,6 @@ CLOSE: Final = b"Connection: close\r\n"
 KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 NO_BODY_STATUS: Final = frozenset({204, 304})
 
-SHARD_HEADERS: dict[tuple[int, int], bytes] = {}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
@@ -54,14 +53,80 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def shard_headers(ordinal: int, count: int) -> bytes:
-    """``X-Shard-Ordinal`` and ``X-Shard-Count`` for the upstream request (cached)."""
-    block = SHARD_HEADERS.get((ordinal, count))
-    if block is None:
-        block = b"X-Shard-Ordinal: %d\r\nX-Shard-Count: %d\r\n" % (ordinal, count)
-        if len(SHARD_HEADERS) < 65536:
-            SHARD_HEADERS[(ordinal, count)] = block
-    return block
+def _spellings(names: frozenset[bytes]) -> dict[int, tuple[tuple[bytes, bytes], ...]]:
+    """Screen key (``_key``) -> the usual spellings (lower, Title-Case) of the names
+    with that key, each with its lower-cased name."""
+    table: dict[int, list[tuple[bytes, bytes]]] = {}
+    for lname in sorted(names):
+        for spelling in (lname, title_case(lname)):
+            table.setdefault(_key(spelling), []).append((spelling, lname))
+    return {key: tuple(entries) for key, entries in table.items()}
+
+
+def title_case(name: bytes) -> bytes:
+    """``x-shard-key`` -> ``X-Shard-Key``, the spelling most clients send."""
+    return b"-".join(part[:1].upper() + part[1:].lower() for part in name.split(b"-"))
+
+
+def _key(name: bytes) -> int:
+    """A name's length and first letter (lower-cased) as one int."""
+    return len(name) << 8 | (name[0] | 0x20)
+
+
+_REQUEST_SPELLINGS: Final = _spellings(REQUEST_SPECIAL)
+_RESPONSE_SPELLINGS: Final = _spellings(RESPONSE_SPECIAL)
+_P: Final = 0x70  # "p", as in Proxy-*
+
+
+def request_special(name: bytes) -> bytes:
+    """The lower-cased name of a request header the proxy consumes (``REQUEST_SPECIAL``)
+    or drops (``Proxy-*``); b"" for every other header, which is forwarded as sent.
+
+    Most headers are told apart by length and first letter alone, and the special
+    ones by comparing with their usual spellings: lower-casing a name and hashing
+    it cost more than the rest of its handling (bench/sidecar.py).
+    """
+    if not name:
+        return b""
+    spellings = _REQUEST_SPELLINGS.get(_key(name))
+    if spellings is None:
+        if (name[0] | 0x20) == _P and len(name) >= 6 and name[:6].lower() == b"proxy-":
+            return name.lower()
+        return b""
+    for spelling, lname in spellings:
+        if name == spelling:
+            return lname
+    lname = name.lower()
+    if lname in REQUEST_SPECIAL or lname.startswith(b"proxy-"):
+        return lname
+    return b""
+
+
+def response_special(name: bytes) -> bytes:
+    """The lower-cased name of a response header the proxy consumes
+    (``RESPONSE_SPECIAL``); b"" for every other header."""
+    if not name:
+        return b""
+    spellings = _RESPONSE_SPELLINGS.get(_key(name))
+    if spellings is None:
+        return b""
+    for spelling, lname in spellings:
+        if name == spelling:
+            return lname
+    lname = name.lower()
+    return lname if lname in RESPONSE_SPECIAL else b""
+
+
+def header_value(head: list[bytes], lname: bytes, usual: bytes) -> bytes | None:
+    """The first value of header ``lname`` (lower-cased; ``usual`` is its usual
+    spelling, compared first) in a head built as ``[first line, name, b": ", value,
+    CRLF, ...]``, or None."""
+    n = len(lname)
+    for i in range(1, len(head) - 3, 4):
+        name = head[i]
+        if len(name) == n and (name == usual or name.lower() == lname):
+            return head[i + 2]
+    return None
 
 
 def split_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
@@ -70,22 +135,24 @@ def split_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     An absolute-form target (``http://host/route/...``) is accepted as RFC 9112
     asks of servers; its authority is dropped.
     """
-    if url[:1] != b"/":
+    if not url.startswith(b"/"):
         if url[:7].lower() != b"http://":
             return None
         slash = url.find(b"/", 7)
         url = url[slash:] if slash >= 0 else b"/"
-    mark = url.find(b"?")
-    if mark < 0:
-        second = url.find(b"/", 1)
-        if second < 0:
-            return url[1:], b"/", b"/", b""
-        rest = url[second:]
-        return url[1:second], rest, rest, b""
-    path, query = url[:mark], url[mark + 1:]
-    second = path.find(b"/", 1)
-    if second < 0:
-        route, rest = path[1:], b"/"
-    else:
-        route, rest = path[1:second], path[second:]
-    return route, rest + b"?" + query, rest, query
+    # The route name is short: scan it byte by byte (compiled, a native loop) rather
+    # than call bytes.find, whose argument parsing costs more than the scan.
+    n = len(url)
+    end = 1
+    while end < n and url[end] != 0x2F and url[end] != 0x3F:  # "/" and "?"
+        end += 1
+    route = url[1:end]
+    # An int operand: ``b"?" in url`` would first try the bytes as an int and fail.
+    mark = n if 0x3F not in url else url.find(b"?", end)
+    if mark == n:
+        rest = url[end:] if end < n else b"/"
+        return route, rest, rest, b""
+    query = url[mark + 1:]
+    if mark == end:
+        return route, b"/?" + query, b"/", query
+    return route, url[end:], url[end:mark], query

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -30,7 +30,7 @@ from sidecar.shardmap import ShardMap
 from sidecar.upstream import Pools, not_connected
 
 #: Pipelined requests queued behind a slow one before reading from the client pauses.
-_PIPELINE_LIMIT = 64
+_PIPELINE_LIMIT: Final = 64
 
 
 class Context:
@@ -39,6 +39,10 @@ class Context:
     def __init__(self, settings: Settings, shard_map: ShardMap, pools: Pools,
                  stats: Stats) -> None:
         self.settings, self.map, self.pools, self.stats = settings, shard_map, pools, stats
+        # Read on every request: native fields here, where Settings (not compiled) would
+        # cost an attribute lookup each.
+        self.max_request_line = settings.max_request_line
+        self.max_header_bytes = settings.max_header_bytes
         self.connections: set[ClientConnection] = set()
         self.draining = False
         #: Exchanges waiting for a response head (an ordered set: dict keys), for timeouts.
@@ -58,7 +62,7 @@ class Context:
         """Answer 504 for every exchange whose backend is past its deadline."""
         late = [e for e in self.inflight if e.deadline <= now]
         for exchange in late:
-            self.inflight.pop(exchange, None)
+            exchange.untrack()
             exchange.on_timeout()
             exchange.conn.flush()
 
@@ -110,7 +114,6 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.ignore_input:
             return
-        settings = self.ctx.settings
         self.chunk_bytes = len(data)
         self.idle_sweeps = 0
         try:
@@ -129,10 +132,10 @@ class ClientConnection(asyncio.Protocol):
             self.protocol_error(ProxyError("bad_request", f"malformed HTTP request: {err}"))
         if self.in_head:
             self.head_bytes += len(data)
-            if self.head_bytes > settings.max_header_bytes + settings.max_request_line:
+            ctx = self.ctx
+            if self.head_bytes > ctx.max_header_bytes + ctx.max_request_line:
                 self.protocol_error(ProxyError(
-                    "headers_too_large",
-                    f"request head is over {settings.max_header_bytes} bytes"))
+                    "headers_too_large", f"request head is over {ctx.max_header_bytes} bytes"))
         if self.out:  # usually empty: responses are written from the backend's side
             self.flush()
 
@@ -174,37 +177,37 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
-        exchange.url += url
-        if len(exchange.url) > self.ctx.settings.max_request_line:
+        exchange.url = exchange.url + url if exchange.url else url  # rarely in pieces
+        if len(exchange.url) > self.ctx.max_request_line:
             raise ProxyError("uri_too_long",
-                             f"request target is over {self.ctx.settings.max_request_line} bytes")
+                             f"request target is over {self.ctx.max_request_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
-        lname = name.lower()
-        if lname in http11.REQUEST_SPECIAL:
-            if lname == b"content-length":
-                exchange.content_length = value
-            elif lname == b"transfer-encoding":
-                exchange.chunked = b"chunked" in value.lower()
-            elif lname == b"expect":
-                if value.strip().lower() == b"100-continue":
-                    exchange.expect_continue = True
-                else:
-                    exchange.expect_other = value
-            else:
-                if lname == b"connection":
-                    exchange.drop = exchange.drop | http11.connection_tokens(value)
-                exchange.hop_headers = True
-            self.header_bytes += len(name) + len(value)
+        special = http11.request_special(name)
+        if not special:  # forwarded as sent: four appends cost less than one tuple +=
+            head = exchange.head
+            head.append(name)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
             return
-        if lname[:6] == b"proxy-":
-            return  # Proxy-* headers are for this hop only
-        exchange.head += (name, b": ", value, b"\r\n")
-        lookup = exchange.lookup
-        if lname not in lookup:
-            lookup[lname] = value
+        self.header_bytes += len(name) + len(value)
+        if special == b"content-length":
+            exchange.content_length = value
+        elif special == b"transfer-encoding":
+            exchange.chunked = b"chunked" in value.lower()
+        elif special == b"expect":
+            if value.strip().lower() == b"100-continue":
+                exchange.expect_continue = True
+            else:
+                exchange.expect_other = value
+        elif special in http11.REQUEST_SPECIAL:
+            if special == b"connection":
+                exchange.drop = exchange.drop | http11.connection_tokens(value)
+            exchange.hop_headers = True
+        # else Proxy-*: for this hop only, dropped
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing
@@ -213,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
         # Counted at most 4/3 of the bytes they took on the wire ("a:b\r\n" counts as
         # "a: b\r\n"), and the head came in this read and the earlier ones since
         # message begin: when twice that fits, the exact count cannot be over.
-        limit = self.ctx.settings.max_header_bytes
+        limit = self.ctx.max_header_bytes
         if 2 * (self.head_bytes + self.chunk_bytes) > limit and \
                 self.header_bytes + sum(map(len, exchange.head)) > limit:
             raise ProxyError("headers_too_large", f"request headers are over {limit} bytes")

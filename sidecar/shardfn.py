@@ -21,7 +21,6 @@ Invariants (tests/unit/test_shardfn.py and tests/vectors/shard_vectors.json hold
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Final, Literal
 
 import xxhash
@@ -93,20 +92,7 @@ def rendezvous(key: str, count: int) -> int:
     return best
 
 
-_FUNCTIONS: Final = {"modulo": modulo, "jump": jump, "rendezvous": rendezvous}
-
-
-def function_for(strategy: Strategy) -> Callable[[str, int], int]:
-    """The (key, count) -> ordinal function of a strategy, for callers that check count >= 1."""
-    try:
-        return _FUNCTIONS[strategy]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}"
-        ) from None
-
-
-def ordinal_for(key: str, strategy: Strategy, count: int) -> int:
+def ordinal_for(key: str, strategy: str, count: int) -> int:
     """The ordinal in 0..count-1 that owns ``key``.
 
     Raises ValueError when ``count`` < 1 or the strategy is unknown, because no
@@ -114,10 +100,12 @@ def ordinal_for(key: str, strategy: Strategy, count: int) -> int:
     """
     if count < 1:
         raise ValueError(f"shard count must be >= 1, got {count}")
-    try:
-        function = _FUNCTIONS[strategy]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}"
-        ) from None
-    return function(key, count)
+    # Direct calls, not a table of functions: compiled, each is a native call (the
+    # proxy calls this for every request).
+    if strategy == "modulo":
+        return modulo(key, count)
+    if strategy == "jump":
+        return jump(key, count)
+    if strategy == "rendezvous":
+        return rendezvous(key, count)
+    raise ValueError(f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}")

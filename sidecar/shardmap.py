@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sidecar.annotations import RouteSpec
+from sidecar.annotations import KeySource, RouteSpec
 from sidecar.errors import ProxyError
-from sidecar.shardfn import function_for, modulo
+from sidecar.http11 import title_case
+from sidecar.shardfn import ordinal_for
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,37 @@ class RouteState:
     #: Why the map is not usable yet (shown by /_shard/routes), e.g. "statefulset not found".
     problem: str = ""
     synced_at: float = 0.0
-    #: Precomputed for the hot path: the lower-cased key header name, if the key is a header.
-    key_header: bytes = field(default=b"", compare=False)
     #: ordinal -> its upstream pool, filled by the proxy (a cache; this state's addresses only).
     pools: dict[int, Any] = field(default_factory=dict, compare=False)
-    #: Precomputed: the strategy's (key, count) -> ordinal function.
-    ordinal_of: Callable[[str, int], int] = field(default=modulo, compare=False)
+    # Derived from spec and count for the hot path, as native fields: reading them
+    # through RouteSpec (a plain Python object) cost an attribute lookup each.
+    name: str = field(init=False, compare=False, repr=False)
+    key: KeySource = field(init=False, compare=False, repr=False)
+    key_kind: str = field(init=False, compare=False, repr=False)
+    #: The lower-cased key header name, if the key is a header, and its usual spelling.
+    key_header: bytes = field(init=False, compare=False, repr=False)
+    key_spelling: bytes = field(init=False, compare=False, repr=False)
+    strategy: str = field(init=False, compare=False, repr=False)
+    timeout_s: float = field(init=False, compare=False, repr=False)
+    #: ordinal -> the ``X-Shard-Ordinal`` and ``X-Shard-Count`` lines of the upstream request.
+    shard_headers: tuple[bytes, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        header = spec.key.name.lower().encode() if spec.key.kind == "header" else b""
+        derived: dict[str, object] = {
+            "name": spec.name, "key": spec.key, "key_kind": spec.key.kind,
+            "key_header": header, "key_spelling": title_case(header),
+            "strategy": spec.strategy, "timeout_s": spec.timeout_s,
+            "shard_headers": tuple(b"X-Shard-Ordinal: %d\r\nX-Shard-Count: %d\r\n" % (i, self.count)
+                                   for i in range(self.count)),
+        }
+        for attribute, value in derived.items():
+            object.__setattr__(self, attribute, value)
 
     @classmethod
     def initial(cls, spec: RouteSpec) -> RouteState:
-        header = spec.key.name.lower().encode() if spec.key.kind == "header" else b""
-        return cls(spec=spec, key_header=header, problem="not synced yet",
-                   ordinal_of=function_for(spec.strategy))
+        return cls(spec=spec, problem="not synced yet")
 
     def shard(self, ordinal: int) -> Shard:
         if ordinal < len(self.shards):
@@ -89,7 +109,7 @@ def resolve(state: RouteState, key: str) -> tuple[int, Shard]:
         raise ProxyError("shard_map_not_ready",
                          f"the shard map of route '{state.spec.name}' is not ready: "
                          f"{state.problem or 'no replicas'}", route=state.spec.name)
-    ordinal = state.ordinal_of(key, state.count)
+    ordinal = ordinal_for(key, state.strategy, state.count)
     shards = state.shards
     shard = shards[ordinal] if ordinal < len(shards) else Shard(ordinal=ordinal)
     if not shard.ready or shard.address is None:
@@ -137,9 +157,7 @@ class ShardMap:
                 rebuild.append(spec)
                 self._set(name, RouteState.initial(spec))
             elif old.spec != spec:
-                fresh = RouteState.initial(spec)
-                self._set(name, replace(old, spec=spec, key_header=fresh.key_header, pools={},
-                                        ordinal_of=fresh.ordinal_of))
+                self._set(name, replace(old, spec=spec, pools={}))
         return rebuild
 
     def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",

@@ -7,34 +7,24 @@ Design rules:
 - One request at a time per connection; a connection goes back to its pool only
   when the response is complete, the request was sent whole, and the backend
   kept it alive. Anything else closes it.
-- The response parser reports to the exchange through a handful of calls
-  (``UpstreamListener``); it never writes to the client itself.
+- The response parser reports to its exchange (the listener) through the
+  exchange's ``on_response_*`` and ``on_upstream_*`` methods; it never writes to
+  the client itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from sidecar import http11
 
-
-class UpstreamListener(Protocol):
-    def on_response_head(self, up: UpstreamConnection) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
-    def on_response_done(self, up: UpstreamConnection) -> None: ...
-    def on_upstream_lost(self, up: UpstreamConnection, error: str) -> None: ...
-    def on_upstream_drained(self) -> None: ...
-    def on_upstream_full(self) -> None: ...
-    def flush(self) -> None: ...
-
-
-#: Response header name as sent -> its lower-cased name if the proxy consumes it, else
-#: b"" (backends send a handful of names, in the same case every time; bounded).
-_SPECIAL_NAMES: dict[bytes, bytes] = {}
+if TYPE_CHECKING:
+    # The concrete class, not a Protocol: compiled together, calls to it are native.
+    from sidecar.exchange import Exchange
 
 
 class _HeadersOnly(Exception):
@@ -49,7 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._new_parser()
         self.send: Callable[[bytes], None] = not_connected
-        self.listener: UpstreamListener | None = None
+        self.listener: Exchange | None = None
         self.closed = False
         #: Served at least one request (a stale keep-alive may fail without our fault).
         self.used = False
@@ -58,6 +48,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         #: The client's response head as it is built: [status line, name, ": ", value, CRLF...]
         self.head: list[bytes] = [b""]
+        #: The last status line made here, and its status and reason (a connection's
+        #: responses mostly share one).
+        self.line = b""
+        self.line_status = 0
+        self.line_reason = b""
         self.content_length: bytes | None = None
         self.chunked = False
         self.drop: frozenset[bytes] = frozenset()
@@ -75,7 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the exchange ---------------------------------------------
 
-    def start(self, listener: UpstreamListener, data: bytes, head_only: bool) -> None:
+    def start(self, listener: Exchange, data: bytes, head_only: bool) -> None:
         """Send a request head (and whatever body is at hand) and listen for the answer."""
         if self.used:
             self.status = 0
@@ -168,24 +163,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = _SPECIAL_NAMES.get(name)
-        if lname is None:
-            lname = name.lower()
-            if lname not in http11.RESPONSE_SPECIAL:
-                lname = b""
-            if len(_SPECIAL_NAMES) < 1024:
-                _SPECIAL_NAMES[name] = lname
-        if lname:
-            if lname == b"content-length":
-                self.content_length = value
-            elif lname == b"transfer-encoding":
-                self.chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                tokens = http11.connection_tokens(value)
-                if tokens:
-                    self.drop = self.drop | tokens
-            return
-        self.head += (name, b": ", value, b"\r\n")
+        special = http11.response_special(name)
+        if not special:
+            head = self.head
+            head.append(name)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
+        elif special == b"content-length":
+            self.content_length = value
+        elif special == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()
+        elif special == b"connection":
+            tokens = http11.connection_tokens(value)
+            if tokens:
+                self.drop = self.drop | tokens
 
     def on_headers_complete(self) -> None:
         status = self.get_status_code()
@@ -195,6 +187,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.head, self.reason, self.drop = [b""], b"", frozenset()
             return
         self.status = status
+        if status != self.line_status or self.reason != self.line_reason:
+            self.line = b"HTTP/1.1 %d %b\r\n" % (status, self.reason)
+            self.line_status, self.line_reason = status, self.reason
+        self.head[0] = self.line
         self.keep_alive = self.should_keep_alive()
         if self.drop:
             head, drop = self.head, self.drop
