@@ -163,8 +163,7 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.05)
-            if self.ctx.inflight:
-                self.ctx.expire(loop.time())
+            self.ctx.expire(loop.time())
 
     async def _close_idle_clients(self) -> None:
         """Client idle timeout: a counter per connection, reset by each read and
