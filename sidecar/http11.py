@@ -53,68 +53,79 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def _spellings(names: frozenset[bytes]) -> dict[int, tuple[tuple[bytes, bytes], ...]]:
-    """Screen key (``_key``) -> the usual spellings (lower, Title-Case) of the names
-    with that key, each with its lower-cased name."""
-    table: dict[int, list[tuple[bytes, bytes]]] = {}
-    for lname in sorted(names):
-        for spelling in (lname, title_case(lname)):
-            table.setdefault(_key(spelling), []).append((spelling, lname))
-    return {key: tuple(entries) for key, entries in table.items()}
-
-
 def title_case(name: bytes) -> bytes:
     """``x-shard-key`` -> ``X-Shard-Key``, the spelling most clients send."""
     return b"-".join(part[:1].upper() + part[1:].lower() for part in name.split(b"-"))
 
 
-def _key(name: bytes) -> int:
-    """A name's length and first letter (lower-cased) as one int."""
-    return len(name) << 8 | (name[0] | 0x20)
+#: Header names this long or longer are never special (the longest is 19).
+_MAX_NAME: Final = 64
 
 
-_REQUEST_SPELLINGS: Final = _spellings(REQUEST_SPECIAL)
-_RESPONSE_SPELLINGS: Final = _spellings(RESPONSE_SPECIAL)
+def _slot(name: bytes) -> int:
+    """Where a name's length and first letter (lower-cased) meet in ``SpecialNames.slots``."""
+    return len(name) << 7 | ((name[0] | 0x20) & 0x7F)
+
+
+class SpecialNames:
+    """Tells whether a header name is one of a fixed set, without lower-casing or
+    hashing most names: on the request path that cost more than the rest of a
+    header's handling (bench/sidecar.py).
+
+    ``slots[_slot(name)]`` is 0 when no name of the set has that length and first
+    letter, which ends the check for most headers. Otherwise it is 1 + the index in
+    ``spellings`` of the usual spellings (lower-case and Title-Case) of those names,
+    compared as they are; only an unusual spelling is lower-cased.
+    """
+
+    def __init__(self, names: frozenset[bytes]) -> None:
+        assert all(0 < len(n) < _MAX_NAME and n == n.lower() for n in names)
+        self.names = names
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        for lname in sorted(names):
+            for spelling in (lname, title_case(lname)):
+                groups.setdefault(_slot(spelling), []).append((spelling, lname))
+        slots = bytearray(_MAX_NAME << 7)
+        for index, slot in enumerate(groups):
+            slots[slot] = index + 1
+        self.slots = bytes(slots)
+        self.spellings = tuple(tuple(group) for group in groups.values())
+
+    def find(self, name: bytes) -> bytes:
+        """``name`` lower-cased if it is in the set, else b""."""
+        n = len(name)
+        if n == 0 or n >= _MAX_NAME:
+            return b""
+        index = self.slots[_slot(name)]
+        if index == 0:
+            return b""
+        for spelling, lname in self.spellings[index - 1]:
+            if name == spelling:
+                return lname
+        lname = name.lower()
+        return lname if lname in self.names else b""
+
+
+_REQUEST_NAMES: Final = SpecialNames(REQUEST_SPECIAL)
+_RESPONSE_NAMES: Final = SpecialNames(RESPONSE_SPECIAL)
 _P: Final = 0x70  # "p", as in Proxy-*
 
 
 def request_special(name: bytes) -> bytes:
     """The lower-cased name of a request header the proxy consumes (``REQUEST_SPECIAL``)
-    or drops (``Proxy-*``); b"" for every other header, which is forwarded as sent.
-
-    Most headers are told apart by length and first letter alone, and the special
-    ones by comparing with their usual spellings: lower-casing a name and hashing
-    it cost more than the rest of its handling (bench/sidecar.py).
-    """
-    if not name:
-        return b""
-    spellings = _REQUEST_SPELLINGS.get(_key(name))
-    if spellings is None:
-        if (name[0] | 0x20) == _P and len(name) >= 6 and name[:6].lower() == b"proxy-":
-            return name.lower()
-        return b""
-    for spelling, lname in spellings:
-        if name == spelling:
-            return lname
-    lname = name.lower()
-    if lname in REQUEST_SPECIAL or lname.startswith(b"proxy-"):
+    or drops (``Proxy-*``); b"" for every other header, which is forwarded as sent."""
+    lname = _REQUEST_NAMES.find(name)
+    if lname:
         return lname
+    if len(name) >= 6 and (name[0] | 0x20) == _P and name[:6].lower() == b"proxy-":
+        return name.lower()
     return b""
 
 
 def response_special(name: bytes) -> bytes:
     """The lower-cased name of a response header the proxy consumes
     (``RESPONSE_SPECIAL``); b"" for every other header."""
-    if not name:
-        return b""
-    spellings = _RESPONSE_SPELLINGS.get(_key(name))
-    if spellings is None:
-        return b""
-    for spelling, lname in spellings:
-        if name == spelling:
-            return lname
-    lname = name.lower()
-    return lname if lname in RESPONSE_SPECIAL else b""
+    return _RESPONSE_NAMES.find(name)
 
 
 def header_value(head: list[bytes], lname: bytes, usual: bytes) -> bytes | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar import http11
 from sidecar.errors import CODES, ProxyError, render
@@ -21,6 +23,10 @@ from sidecar.errors import CODES, ProxyError, render
                      id="absolute-form"),
         pytest.param(b"*", None, id="asterisk"),
         pytest.param(b"svc/x", None, id="relative"),
+        pytest.param(b"/", (b"", b"/", b"/", b""), id="root"),
+        pytest.param(b"/svc/a?b?c", (b"svc", b"/a?b?c", b"/a", b"b?c"), id="second-question-mark"),
+        pytest.param(b"/svc?a/b", (b"svc", b"/?a/b", b"/", b"a/b"), id="slash-in-query"),
+        pytest.param(b"http://h", (b"", b"/", b"/", b""), id="absolute-no-path"),
     ],
 )
 def test_split_target(url: bytes, expected: tuple[bytes, ...] | None) -> None:
@@ -69,3 +75,36 @@ def test_spec_error_table(code: str, status: int) -> None:
 def test_unknown_code_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown error code 'teapot'"):
         ProxyError("teapot", "no")
+
+
+# --- header names: the fast screen must agree with the plain rule --------------
+
+_NAMES = sorted(http11.REQUEST_SPECIAL | http11.RESPONSE_SPECIAL | {
+    b"host", b"x-shard-key", b"content-type", b"server", b"date", b"proxy-foo", b"proxy-",
+    b"tex", b"trailers", b"connections", b"x-shard-ordinals", b"accept",
+})
+
+
+@given(st.sampled_from(_NAMES), st.lists(st.booleans(), min_size=32, max_size=32))
+def test_special_names_agree_with_lower_and_compare(lname: bytes, flips: list[bool]) -> None:
+    """Any spelling of any name: the slot table says what lower() and a set lookup say."""
+    name = bytes(c ^ 0x20 if 0x61 <= c <= 0x7A and flip else c
+                 for c, flip in zip(lname, flips + [False] * len(lname)))
+    request = lname if lname in http11.REQUEST_SPECIAL or lname.startswith(b"proxy-") else b""
+    response = lname if lname in http11.RESPONSE_SPECIAL else b""
+    assert http11.request_special(name) == request
+    assert http11.response_special(name) == response
+
+
+@pytest.mark.parametrize("name", [b"", b"x" * 200, b"-", b"\xff" * 10])
+def test_special_names_odd_input(name: bytes) -> None:
+    assert http11.request_special(name) == b""
+    assert http11.response_special(name) == b""
+
+
+def test_header_value_first_of_any_spelling() -> None:
+    head = [b"", b"Host", b": ", b"a", b"\r\n", b"x-SHARD-key", b": ", b"7", b"\r\n",
+            b"X-Shard-Key", b": ", b"8", b"\r\n"]
+    assert http11.header_value(head, b"x-shard-key", b"X-Shard-Key") == b"7"
+    assert http11.header_value(head, b"x-tenant", b"X-Tenant") is None
+    assert http11.title_case(b"x-shard-key") == b"X-Shard-Key"
