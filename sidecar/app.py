@@ -92,7 +92,7 @@ class Sidecar:
         self.settings = settings
         self.map = ShardMap()
         self.stats = Stats()
-        self.pools = Pools(settings.pool_size)
+        self.pools = Pools(settings.pool_size, self.stats)
         self.ctx = Context(settings, self.map, self.pools, self.stats)
         self.map.add_listener(self._map_changed)
         self.source = source if source is not None else self._default_source()
@@ -160,10 +160,9 @@ class Sidecar:
 
     async def _expire_timeouts(self) -> None:
         """Upstream timeouts: one sweep every 50 ms instead of a timer per request."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.05)
-            self.ctx.expire(loop.time())
+            self.ctx.expire(time.monotonic())
 
     async def _close_idle_clients(self) -> None:
         """Client idle timeout: a counter per connection, reset by each read and

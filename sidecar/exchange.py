@@ -66,6 +66,7 @@ class Exchange:
     pending_bytes = 0
     discard = False
     upstream: UpstreamConnection | None = None
+    pool: Pool | None = None
     state: RouteState | None = None
     ordinal = -1
     shard: Shard | None = None
@@ -188,7 +189,7 @@ class Exchange:
     async def wait_for_shard(self, route: str, key: str) -> None:
         """``wait:<ms>``: re-resolve on every map change until ready or the wait is over."""
         ctx = self.conn.ctx
-        loop = self.conn.loop
+        now = self.conn.now
         assert self.state is not None
         deadline = self.started + self.state.spec.wait_ms / 1000
         while True:
@@ -199,7 +200,7 @@ class Exchange:
             try:
                 ordinal, shard = resolve(state, key)
             except ProxyError as err:
-                remaining = deadline - loop.time()
+                remaining = deadline - now()
                 if remaining <= 0:
                     waited = f"{err.message} (waited {state.spec.wait_ms} ms)"
                     self.fail(ProxyError(err.code, waited, **err.details))
@@ -220,8 +221,9 @@ class Exchange:
         pool = state.pools.get(ordinal)
         if pool is None:
             assert shard.address is not None
-            pool = state.pools[ordinal] = self.conn.ctx.pools.get(state.spec.name, ordinal,
+            pool = state.pools[ordinal] = self.conn.ctx.pools.get(state.name, ordinal,
                                                                   shard.address)
+        self.pool = pool
         idle = pool.idle
         while idle:  # Pool.take_idle, inline: this runs for every request
             upstream = idle.pop()
@@ -463,11 +465,14 @@ class Exchange:
         if not self.request_done:
             self.discard = True  # the rest of the body, if any, is read and dropped
             self.pending, self.pending_bytes = [], 0
-        state, shard = self.state, self.shard
-        label = shard.label if shard is not None else \
-            str(self.ordinal) if self.ordinal >= 0 else ""
-        ctx.stats.observe(state.name if state is not None else "-", label, self.status,
-                          conn.now() - self.started)
+        pool = self.pool
+        if pool is not None and pool.ordinal == self.ordinal:
+            slot = pool.slot
+        else:  # answered without a pool (no route, no key, shard down)
+            state = self.state
+            ordinal = str(self.ordinal) if self.ordinal >= 0 else ""
+            slot = ctx.stats.slot(state.name if state is not None else "-", ordinal)
+        slot.observe(self.status, conn.now() - self.started)
         if conn.blocked:
             conn.unblock(BLOCK_PENDING | BLOCK_UPSTREAM)
         conn.exchange_done(self)

@@ -29,40 +29,59 @@ class RouteLatency:
         self.counts: list[int] = [0] * (_BUCKET_COUNT + 1)
         self.total = 0.0
 
+    def observe(self, seconds: float) -> None:
+        i = 0
+        while i < _BUCKET_COUNT and BUCKETS[i] < seconds:  # le: the first bound >= seconds
+            i += 1
+        self.counts[i] += 1
+        self.total += seconds
+
+
+class Slot:
+    """One route and ordinal: its requests by status, and the route's histogram
+    (shared by the route's ordinals)."""
+
+    def __init__(self, latency: RouteLatency) -> None:
+        self.by_status: dict[int, int] = {}
+        self.latency = latency
+
+    def observe(self, status: int, seconds: float) -> None:
+        by_status = self.by_status
+        by_status[status] = by_status.get(status, 0) + 1
+        self.latency.observe(seconds)
+
 
 class Stats:
     """Counters the proxy bumps; read by ``StatsCollector``.
 
-    Nested dicts keyed by strings whose hashes are cached, and a native loop
-    over the buckets: ``observe`` runs once per request (compiled, see setup.py),
-    and a tuple key or a call to ``bisect`` made it a twentieth of the request.
+    Plain ints in dicts, and a native loop over the buckets: a request is counted
+    once (compiled, see setup.py). Each upstream pool keeps the ``Slot`` of its
+    route and ordinal, so a proxied request is counted without looking it up.
     """
 
     def __init__(self) -> None:
-        #: route -> ordinal (or "") -> status -> count
-        self.requests: dict[str, dict[str, dict[int, int]]] = {}
+        #: route -> ordinal (or "") -> its slot
+        self.requests: dict[str, dict[str, Slot]] = {}
         self.latency: dict[str, RouteLatency] = {}
         self.upstream_connects: dict[tuple[str, str], int] = {}
         self.connect_failures: dict[tuple[str, str], int] = {}
         self.annotation_reloads: dict[str, int] = {"ok": 0, "error": 0}
         self.watch_restarts: dict[str, int] = {}
 
-    def observe(self, route: str, ordinal: str, status: int, seconds: float) -> None:
+    def slot(self, route: str, ordinal: str) -> Slot:
         by_ordinal = self.requests.get(route)
         if by_ordinal is None:
             by_ordinal = self.requests[route] = {}
-        by_status = by_ordinal.get(ordinal)
-        if by_status is None:
-            by_status = by_ordinal[ordinal] = {}
-        by_status[status] = by_status.get(status, 0) + 1
-        histogram = self.latency.get(route)
-        if histogram is None:
-            histogram = self.latency[route] = RouteLatency()
-        i = 0
-        while i < _BUCKET_COUNT and BUCKETS[i] < seconds:  # le: the first bound >= seconds
-            i += 1
-        histogram.counts[i] += 1
-        histogram.total += seconds
+        slot = by_ordinal.get(ordinal)
+        if slot is None:
+            latency = self.latency.get(route)
+            if latency is None:
+                latency = self.latency[route] = RouteLatency()
+            slot = by_ordinal[ordinal] = Slot(latency)
+        return slot
+
+    def observe(self, route: str, ordinal: str, status: int, seconds: float) -> None:
+        self.slot(route, ordinal).observe(status, seconds)
 
 
 def bump(counter: dict[tuple[str, str], int], route: str, ordinal: str) -> None:
@@ -79,8 +98,8 @@ class StatsCollector(Collector):
         requests = CounterMetricFamily("shardmesh_sidecar_requests", "Requests answered",
                                        labels=["route", "ordinal", "code"])
         for route, by_ordinal in s.requests.items():
-            for ordinal, by_status in by_ordinal.items():
-                for status, n in by_status.items():
+            for ordinal, slot in by_ordinal.items():
+                for status, n in slot.by_status.items():
                     requests.add_metric([route, ordinal, str(status)], n)
         yield requests
         latency = HistogramMetricFamily("shardmesh_sidecar_request_duration_seconds",

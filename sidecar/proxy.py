@@ -15,6 +15,7 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -75,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.loop = loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = parser = httptools.HttpRequestParser(self)
         # Bound once: compiled (mypyc), a method call on a C object from uvloop or
@@ -84,7 +85,9 @@ class ClientConnection(asyncio.Protocol):
         self.get_method: Callable[[], bytes] = parser.get_method
         self.should_keep_alive: Callable[[], bool] = parser.should_keep_alive
         self.should_upgrade: Callable[[], bool] = parser.should_upgrade
-        self.now: Callable[[], float] = loop.time
+        #: The request clock (latency, deadlines): not loop.time(), which uvloop
+        #: keeps in whole milliseconds.
+        self.now: Callable[[], float] = time.monotonic
         self.send: Callable[[bytes], None] = not_connected
         #: A list, not a deque: it rarely holds more than one, and compiled, a list's
         #: append, [0] and pop(0) are native calls where a deque's are method lookups.

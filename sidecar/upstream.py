@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from sidecar import http11
+from sidecar.metrics import Slot, Stats
 
 if TYPE_CHECKING:
     # The concrete class, not a Protocol: compiled together, calls to it are native.
@@ -229,10 +230,13 @@ def not_connected(data: bytes) -> None:
 class Pool:
     """Idle keep-alive connections to one ordinal of one route at one address."""
 
-    __slots__ = ("route", "ordinal", "address", "idle", "max_idle", "closed", "label")
+    __slots__ = ("route", "ordinal", "address", "idle", "max_idle", "closed", "label", "slot")
 
-    def __init__(self, route: str, ordinal: int, address: tuple[str, int], max_idle: int) -> None:
+    def __init__(self, route: str, ordinal: int, address: tuple[str, int], max_idle: int,
+                 slot: Slot) -> None:
         self.route, self.ordinal, self.address = route, ordinal, address
+        #: Where the requests sent to this ordinal are counted.
+        self.slot = slot
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
         self.closed = False
@@ -271,15 +275,17 @@ class Pool:
 class Pools:
     """Every pool, by (route, ordinal, address)."""
 
-    def __init__(self, max_idle: int) -> None:
+    def __init__(self, max_idle: int, stats: Stats) -> None:
         self.max_idle = max_idle
+        self.stats = stats
         self.pools: dict[tuple[str, int, tuple[str, int]], Pool] = {}
 
     def get(self, route: str, ordinal: int, address: tuple[str, int]) -> Pool:
         key = (route, ordinal, address)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = Pool(route, ordinal, address, self.max_idle)
+            pool = self.pools[key] = Pool(route, ordinal, address, self.max_idle,
+                                          self.stats.slot(route, str(ordinal)))
         return pool
 
     def retain(self, route: str, current: set[tuple[int, tuple[str, int]]]) -> None:
