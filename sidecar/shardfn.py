@@ -1,13 +1,14 @@
 """Key -> ordinal: the one function every shardmesh client must reproduce.
 
-Invariants (tests/unit/test_shardfn.py and tests/vectors/shard_vectors.json hold them):
+Invariants (tests/unit/test_shardfn_properties.py and tests/vectors/shard_vectors.json hold them):
 
 1. Pure: the ordinal depends only on (key, strategy, N). No sockets, no clock,
    no process state, never Python's ``hash()``.
 2. Range: for N >= 1 every strategy returns an int in 0..N-1. N < 1 is a
    ``ValueError`` (the caller turns it into a clear error; nothing owns a key).
 3. Integer keys: a key matching ``-?[0-9]+`` (ASCII) is a decimal integer of
-   any size. It is canonicalised to ``str(int(key))`` ("007" is 7, "-0" is 0).
+   any size (also past CPython's 4300-digit int() limit: the digits are read as
+   text). It is canonicalised to ``str(int(key))`` ("007" is 7, "-0" is 0).
    - modulo: ``k mod N`` with floor semantics (the result is never negative).
    - jump: the 64-bit key value is ``k mod 2**64``.
    - rendezvous: hashes the canonical text, so "007" and "7" agree.
@@ -29,7 +30,11 @@ Strategy = Literal["modulo", "jump", "rendezvous"]
 STRATEGIES: Final[tuple[Strategy, ...]] = ("modulo", "jump", "rendezvous")
 
 _MASK64: Final = (1 << 64) - 1
+_TWO_64: Final = 1 << 64
 _JUMP_MULTIPLIER: Final = 2862933555777941757
+#: Digits of an integer key summed in a machine word at a time (see _mod).
+_NATIVE_DIGITS: Final = 18
+_POWERS_OF_TEN: Final = tuple(10**k for k in range(_NATIVE_DIGITS + 1))
 
 
 def h64(data: bytes, seed: int = 0) -> int:
@@ -37,35 +42,64 @@ def h64(data: bytes, seed: int = 0) -> int:
     return xxhash.xxh64_intdigest(data, seed)
 
 
-def integer_value(key: str) -> int | None:
-    """The key as an integer if it is a plain ASCII decimal integer, else None."""
-    # str methods, not the regex: this runs on every proxied request. isascii()
-    # first, since isdigit() alone also accepts non-ASCII digits such as "١".
-    digits = key[1:] if key[:1] == "-" else key
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    return int(key)
+def _digits_start(key: str) -> int:
+    """Where the digits of an integer key start (0, or 1 after a "-"); -1 for other keys.
+
+    The functions below read the digits as text: int(key) is refused by CPython
+    past 4300 digits, and keys of any size must route.
+    """
+    n = len(key)
+    start = 1 if n > 1 and key[0] == "-" else 0
+    if start == n:
+        return -1
+    if n - start > _NATIVE_DIGITS:  # long: C-speed checks (isdigit() alone takes "١")
+        return start if key.isascii() and key[start:].isdigit() else -1
+    for i in range(start, n):  # compiled: a native loop (this runs for every request)
+        c = ord(key[i])
+        if c < 0x30 or c > 0x39:
+            return -1
+    return start
+
+
+def _mod(key: str, start: int, modulus: int) -> int:
+    """``k mod modulus`` (floor semantics: never negative) for the integer key whose
+    digits start at ``start``."""
+    n = len(key)
+    if n - start <= _NATIVE_DIGITS:  # the usual key: its value fits a machine word
+        r = 0
+        for i in range(start, n):
+            r = r * 10 + (ord(key[i]) - 0x30)
+        r %= modulus
+    else:  # 18 digits at a time: one big-number step per chunk, linear in the length
+        r = 0
+        for i in range(start, n, _NATIVE_DIGITS):
+            chunk = key[i:i + _NATIVE_DIGITS]
+            r = (r * _POWERS_OF_TEN[len(chunk)] + int(chunk)) % modulus
+    return (modulus - r) % modulus if start else r
 
 
 def canonical(key: str) -> str:
     """The text the hashes see: integers lose leading zeros and the sign of zero."""
-    value = integer_value(key)
-    return key if value is None else str(value)
+    start = _digits_start(key)
+    if start < 0:
+        return key
+    digits = key[start:].lstrip("0") or "0"
+    return "-" + digits if start and digits != "0" else digits
 
 
 def key64(key: str) -> int:
     """The 64-bit key value used by ``jump``."""
-    value = integer_value(key)
-    if value is not None:
-        return value & _MASK64
+    start = _digits_start(key)
+    if start >= 0:
+        return _mod(key, start, _TWO_64)
     return h64(key.encode("utf-8"))
 
 
 def modulo(key: str, count: int) -> int:
-    value = integer_value(key)
-    if value is None:
-        value = h64(key.encode("utf-8"))
-    return value % count
+    start = _digits_start(key)
+    if start >= 0:
+        return _mod(key, start, count)
+    return h64(key.encode("utf-8")) % count
 
 
 def jump_hash(value: int, count: int) -> int:

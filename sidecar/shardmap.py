@@ -15,12 +15,16 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.annotations import KeySource, RouteSpec
 from sidecar.errors import ProxyError
 from sidecar.http11 import title_case
 from sidecar.shardfn import ordinal_for
+
+if TYPE_CHECKING:
+    # Typed, so the compiled proxy reads a pool's fields natively.
+    from sidecar.upstream import Pool
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class RouteState:
     problem: str = ""
     synced_at: float = 0.0
     #: ordinal -> its upstream pool, filled by the proxy (a cache; this state's addresses only).
-    pools: dict[int, Any] = field(default_factory=dict, compare=False)
+    pools: dict[int, Pool] = field(default_factory=dict, compare=False)
     # Derived from spec and count for the hot path, as native fields: reading them
     # through RouteSpec (a plain Python object) cost an attribute lookup each.
     name: str = field(init=False, compare=False, repr=False)

@@ -61,6 +61,18 @@ def test_key_sources(key_flag: str, path: str, headers: dict[str, str], body: by
         assert decoded["body_bytes"] == len(body)  # the body read for the key is still forwarded
 
 
+def test_integer_key_of_thousands_of_digits_routes(backends: list[Backend],
+                                                   make_sidecar: Callable[..., SidecarThread]
+                                                   ) -> None:
+    """Past CPython's 4300-digit int() limit: routed by its value, not a crashed connection."""
+    sidecar = make_sidecar("--route", route_arg(backends))
+    for key in ("9" * 5000 + "7", "-" + "1" * 6000):
+        status, _, body = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": key})
+        assert status == 200, body
+        assert body["ordinal"] == ordinal_for(key, "modulo", 3)
+    assert ordinal_for("9" * 5000 + "7", "modulo", 3) == 1  # 10**5001 - 3 = 1 (mod 3)
+
+
 def test_client_cannot_forge_shard_headers(sidecar: SidecarThread) -> None:
     _, _, body = get_json(sidecar.port, "/svc/x",
                           {"X-Shard-Key": "4", "X-Shard-Ordinal": "2", "X-Shard-Count": "9"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -109,3 +111,21 @@ def test_no_ordinal_owns_a_key_without_replicas(count: int, message: str) -> Non
 def test_unknown_strategy_is_named() -> None:
     with pytest.raises(ValueError, match="unknown strategy 'ring'"):
         ordinal_for("7", "ring", 3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_integer_keys_past_cpythons_int_limit(sign: str) -> None:
+    """CPython's int() refuses more than 4300 digits; such keys still route exactly."""
+    digits = "0" * 3 + "7" * 9000 + "3"
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        k = int(sign + digits)
+    finally:
+        sys.set_int_max_str_digits(limit)
+    key = sign + digits
+    for n in (1, 3, 7, 1000, 2**40):
+        assert ordinal_for(key, "modulo", n) == k % n
+    assert key64(key) == k % 2**64
+    assert canonical(key) == sign + digits.lstrip("0")
+    assert 0 <= ordinal_for(key, "rendezvous", 5) < 5
