@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster bench bench-webhook bench-sidecar golden clean
+.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster bench bench-webhook bench-sidecar bench-instructions golden clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ bench-webhook: venv
 bench-sidecar: venv compile
 	@bash bench/ensure-peers.sh
 	$(BIN)/python bench/sidecar.py
+
+# Not a benchmark: user-space instructions per proxied request (callgrind), a number
+# the machine's noise does not move, for judging a change to the request path.
+bench-instructions: venv compile
+	@bash bench/ensure-peers.sh wrk nginx valgrind
+	$(BIN)/python bench/sidecar_instructions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build $(COMPILED_STAMP)

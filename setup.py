@@ -1,9 +1,9 @@
 """Build hook: the sidecar's data plane is compiled with mypyc.
 
 The listed modules are ordinary, mypy --strict Python. mypyc turns them into C
-extensions, which took the proxy from about 38 to about 20 microseconds of CPU
-per request (bench/sidecar.py). Without a C compiler, or with
-SHARDMESH_PURE_PYTHON=1, the same modules run as plain Python, only slower.
+extensions, which roughly halves the proxy's CPU per request (bench/sidecar.py).
+Without a C compiler, or with SHARDMESH_PURE_PYTHON=1, the same modules run as
+plain Python, only slower.
 ``make compile`` (part of ``make test``) builds them in place for development.
 """
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the benchmark's peers (wrk, nginx, haproxy) with apt when any is missing.
-# Only the binaries are used: bench/sidecar.py runs them with its own configs in a temp dir.
+# Installs the benchmark's peers (wrk, nginx, haproxy by default; or the tools named
+# as arguments, e.g. valgrind) with apt when any is missing. Only the binaries are
+# used: bench/sidecar.py runs them with its own configs in a temp dir.
 set -euo pipefail
+tools=("$@")
+(( ${#tools[@]} )) || tools=(wrk nginx haproxy)
 missing=()
-for tool in wrk nginx haproxy; do
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" ]] || missing+=("$tool")
 done
 if (( ${#missing[@]} == 0 )); then

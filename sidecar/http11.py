@@ -11,6 +11,7 @@ Design rules:
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Final
 
 #: Request headers the proxy consumes or re-makes instead of forwarding.
@@ -38,6 +39,20 @@ CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 CLOSE: Final = b"Connection: close\r\n"
 KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
 NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        reason = HTTPStatus(code).phrase.encode("latin-1")
+    except ValueError:
+        reason = b""  # RFC 9112: the reason phrase may be empty
+    return b"HTTP/1.1 %d %b\r\n" % (code, reason)
+
+
+#: Status code -> the client's status line, with the standard reason phrase. The
+#: backend's own phrase is not relayed (as nginx and Envoy do): clients must ignore
+#: it (RFC 9112 §4), and not asking httptools for it saves a callback per response.
+STATUS_LINES: Final = tuple(_status_line(code) for code in range(1000))
 
 
 

@@ -46,14 +46,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.used = False
         self.head_only = False
         self.status = 0
-        self.reason = b""
         #: The client's response head as it is built: [status line, name, ": ", value, CRLF...]
         self.head: list[bytes] = [b""]
-        #: The last status line made here, and its status and reason (a connection's
-        #: responses mostly share one).
-        self.line = b""
-        self.line_status = 0
-        self.line_reason = b""
         self.content_length: bytes | None = None
         self.chunked = False
         self.drop: frozenset[bytes] = frozenset()
@@ -75,7 +69,6 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a request head (and whatever body is at hand) and listen for the answer."""
         if self.used:
             self.status = 0
-            self.reason = b""
             self.head = [b""]
             self.content_length = None
             self.chunked = self.got_bytes = self.complete = False
@@ -160,9 +153,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         special = http11.response_special(name)
         if not special:
@@ -185,13 +175,11 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             # 1xx (e.g. 103 Early Hints): not forwarded; the final response follows.
             self.informational = True
-            self.head, self.reason, self.drop = [b""], b"", frozenset()
+            self.head, self.drop = [b""], frozenset()
             return
         self.status = status
-        if status != self.line_status or self.reason != self.line_reason:
-            self.line = b"HTTP/1.1 %d %b\r\n" % (status, self.reason)
-            self.line_status, self.line_reason = status, self.reason
-        self.head[0] = self.line
+        self.head[0] = http11.STATUS_LINES[status] if status < 1000 else \
+            b"HTTP/1.1 %d \r\n" % status  # llhttp takes three digits: not reached
         self.keep_alive = self.should_keep_alive()
         if self.drop:
             head, drop = self.head, self.drop

@@ -323,3 +323,52 @@ def test_stale_pooled_connection(method: str, status: int,
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         thread.join(2)
         server.close()
+
+
+def _canned_backend(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A backend that reads one request per connection and sends ``answer`` as it is."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                    conn.recv(65536)  # until the sidecar closes or sends more
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(
+    ("answer", "status_line", "body"),
+    [
+        pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                     b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nX-B: 1\r\n\r\nok",
+                     b"HTTP/1.1 200 OK\r\n", b"ok", id="1xx-dropped-final-relayed"),
+        pytest.param(b"HTTP/1.1 599 Whatever\r\nContent-Length: 0\r\n\r\n",
+                     b"HTTP/1.1 599 \r\n", b"", id="unknown-status-empty-reason"),
+        pytest.param(b"HTTP/1.0 404 Nope\r\nContent-Length: 1\r\n\r\nx",
+                     b"HTTP/1.1 404 Not Found\r\n", b"x", id="http10-backend"),
+    ],
+)
+def test_status_line_is_remade_with_the_standard_reason(
+        answer: bytes, status_line: bytes, body: bytes,
+        make_sidecar: Callable[..., SidecarThread]) -> None:
+    """Informational responses stay between the sidecar and the backend; the final one
+    gets the standard reason phrase (a backend's own phrase is not relayed)."""
+    server, _ = _canned_backend(answer)
+    sidecar = make_sidecar("--route", f"svc=127.0.0.1:{server.getsockname()[1]}",
+                           "--static-probe", "0")
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as sock:
+        sock.sendall(b"GET /svc/x HTTP/1.1\r\nHost: a\r\nX-Shard-Key: 1\r\n\r\n")
+        head, got = read_response(sock.makefile("rb"))
+    server.close()
+    assert head.startswith(status_line)
+    assert got == body
+    assert b"Link" not in head and head.count(b"HTTP/1.1") == 1

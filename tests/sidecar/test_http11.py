@@ -89,7 +89,7 @@ _NAMES = sorted(http11.REQUEST_SPECIAL | http11.RESPONSE_SPECIAL | {
 def test_special_names_agree_with_lower_and_compare(lname: bytes, flips: list[bool]) -> None:
     """Any spelling of any name: the slot table says what lower() and a set lookup say."""
     name = bytes(c ^ 0x20 if 0x61 <= c <= 0x7A and flip else c
-                 for c, flip in zip(lname, flips + [False] * len(lname)))
+                 for c, flip in zip(lname, flips + [False] * len(lname), strict=False))
     request = lname if lname in http11.REQUEST_SPECIAL or lname.startswith(b"proxy-") else b""
     response = lname if lname in http11.RESPONSE_SPECIAL else b""
     assert http11.request_special(name) == request
