@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_sidecar", REPO / "bench" / "sidecar.py")
 assert _spec is not None and _spec.loader is not None
 bench_sidecar = importlib.util.module_from_spec(_spec)
+sys.modules["bench_sidecar"] = bench_sidecar  # its dataclasses look their module up
 _spec.loader.exec_module(bench_sidecar)
 
 
