@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	# setuptools too: make compile runs setup.py with the venv's own (pyproject needs >= 77).
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'
 	# The editable install puts the project root on sys.path (pyproject.toml's
 	# package-dir says why); make compile builds the data plane in place.
 	SHARDMESH_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[test]'
