@@ -22,7 +22,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import gc
-import importlib.util
+import importlib
 import os
 import shutil
 import sys
@@ -193,6 +193,17 @@ def _remove_in_master(path: str, master: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def http_parser() -> str:
+    """The request-head parser gunicorn picks with ``http_parser="auto"``, by its own
+    rule: gunicorn_h1c if it imports and is new enough (it has ``LimitRequestLine``,
+    0.4.1), else its Python parser. None of the flags that rule it out are set here."""
+    try:
+        h1c = importlib.import_module("gunicorn_h1c")
+    except ImportError:
+        return "python"
+    return "gunicorn_h1c" if hasattr(h1c, "LimitRequestLine") else "python"
+
+
 def main(argv: list[str]) -> int:
     try:
         settings = load(argv, os.environ, DESCRIPTION)
@@ -216,6 +227,6 @@ def main(argv: list[str]) -> int:
     event("starting", port=settings.port, workers=settings.workers,
           worker_class=settings.worker_class, threads=settings.threads,
           cert_mode=settings.cert_mode, offline=settings.offline,
-          http_parser="gunicorn_h1c" if importlib.util.find_spec("gunicorn_h1c") else "python")
+          http_parser=http_parser())
     WebhookApplication(settings, cert_file, key_file, on_ready).run()
     return 0

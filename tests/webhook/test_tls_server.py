@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,26 @@ def test_gunicorn_log_lines_format(server: serving.Webhook) -> None:
     logs = server.logs()
     assert "Booting worker with pid" in logs
     assert "Logging error" not in logs, logs
+
+
+@pytest.mark.parametrize("h1c", ["missing", "too-old", "current"])
+def test_logged_parser_is_the_one_gunicorn_picks(h1c: str, monkeypatch: pytest.MonkeyPatch
+                                                 ) -> None:
+    """The start-up log's ``http_parser`` follows gunicorn's own rule for "auto"."""
+    from gunicorn.config import Config
+    from gunicorn.http import message
+
+    from webhook import cli
+
+    fake = types.ModuleType("gunicorn_h1c")
+    if h1c == "current":
+        fake.LimitRequestLine = object  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gunicorn_h1c", None if h1c == "missing" else fake)
+    # gunicorn caches its finding in two globals: start afresh, and restore both after.
+    monkeypatch.setattr(message, "_fast_parser_available", None)
+    monkeypatch.setattr(message, "_fast_parser_module", message._fast_parser_module)
+    config = Config()
+    config.set("http_parser", "auto")
+    picks_c = message._check_fast_parser(config)
+    assert cli.http_parser() == ("gunicorn_h1c" if picks_c else "python")
+    assert picks_c == (h1c == "current")
