@@ -94,9 +94,8 @@ class Reviewer:
         except WebhookError as err:
             return refuse(err)
         except Exception as err:  # a bug: the API server applies failurePolicy to a 500
-            LOGGER.exception("review failed")
             return refuse(WebhookError(f"internal error: {type(err).__name__}: {err}",
-                                       status=500))
+                                       status=500), bug=True)
         metrics.LATENCY.observe(time.perf_counter() - started)
         _record(handled, time.perf_counter() - started)
         if self.recorder is not None:
@@ -104,10 +103,15 @@ class Reviewer:
         return 200, orjson.dumps(handled.response)
 
 
-def refuse(err: WebhookError) -> tuple[int, bytes]:
-    """A broken review: its HTTP status and a JSON ``{"error", "message"}`` body."""
+def refuse(err: WebhookError, bug: bool = False) -> tuple[int, bytes]:
+    """A broken review: its HTTP status and a JSON ``{"error", "message"}`` body.
+
+    One log line either way; a ``bug`` (called from its except block) is logged at
+    error level with its traceback.
+    """
     metrics.BAD_REVIEWS.labels(status=str(err.status)).inc()
-    event("bad review", logging.WARNING, status=err.status, error=str(err))
+    LOGGER.log(logging.ERROR if bug else logging.WARNING, "bad review", exc_info=bug,
+               extra={"fields": {"status": err.status, "error": str(err)}})
     return err.status, orjson.dumps({"error": type(err).__name__, "message": str(err)})
 
 

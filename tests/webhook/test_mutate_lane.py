@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.webhook.golden import TESTDATA, load_input, review
+from webhook.logs import LOGGER, JsonFormatter
 from webhook.mutate_lane import MutateLane, plain_length, status_line
 from webhook.server import create_app
 from webhook.settings import Settings
@@ -117,12 +119,26 @@ def test_a_bug_in_a_review_is_a_json_500_either_way() -> None:
     def broken(_name: str) -> dict[str, Any]:
         raise KeyError("surprise")
 
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    LOGGER.addHandler(handler)
     pod, _, namespace = load_input(TESTDATA / "pod-annotation-true.yaml")
-    for lane in (True, False):
-        resp = create_app(Settings(), broken, lane=lane).test_client().post(
-            "/mutate", json=review(pod, namespace, False))
-        assert resp.status_code == 500
-        assert "internal error: KeyError" in resp.get_json()["message"]
+    try:
+        for lane in (True, False):
+            records.clear()
+            resp = create_app(Settings(), broken, lane=lane).test_client().post(
+                "/mutate", json=review(pod, namespace, False))
+            assert resp.status_code == 500
+            assert "internal error: KeyError" in resp.get_json()["message"]
+            # One line for the bug: at error level, with its traceback.
+            assert [(r.levelname, r.getMessage()) for r in records] == [("ERROR", "bad review")]
+            assert records[0].exc_info is not None and records[0].exc_info[0] is KeyError
+            line = json.loads(JsonFormatter().format(records[0]))
+            assert line["error"].startswith("internal error: KeyError")
+            assert "raise KeyError" in line["traceback"]
+    finally:
+        LOGGER.removeHandler(handler)
 
 
 def test_reviews_are_counted_by_the_way_they_came() -> None:
