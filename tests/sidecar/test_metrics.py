@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.metrics import BUCKETS, Stats, StatsCollector, exposition, registry_for
+from tests.sidecar.harness import SidecarThread, get_json
 
 
 @given(st.floats(min_value=0, max_value=100, allow_nan=False))
@@ -34,3 +35,14 @@ def test_a_scrape_reports_every_count_once() -> None:
     assert f'{bucket}{{le="30.0",route="ledger"}} 3.0' in text
     assert f'{bucket}{{le="+Inf",route="ledger"}} 4.0' in text
     assert 'shardmesh_sidecar_request_duration_seconds_count{route="ledger"} 4.0' in text
+
+
+def test_request_latency_is_timed_finer_than_milliseconds(sidecar: SidecarThread) -> None:
+    """The clock is not uvloop's loop.time(), kept in whole milliseconds: with it every
+    duration, and so their sum, would be a multiple of 1 ms."""
+    for i in range(20):
+        status, _, _ = get_json(sidecar.port, "/svc/x", {"X-Shard-Key": str(i)})
+        assert status == 200
+    total = sidecar.sidecar.stats.latency["svc"].total
+    assert total > 0
+    assert abs(total * 1000 - round(total * 1000)) > 1e-6, total
