@@ -55,7 +55,6 @@ def _status_line(code: int) -> bytes:
 STATUS_LINES: Final = tuple(_status_line(code) for code in range(1000))
 
 
-
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """Header names listed in a Connection header (``close``/``keep-alive`` are options)."""
     if value in _SIMPLE_CONNECTION:

@@ -80,9 +80,6 @@ class Stats:
             slot = by_ordinal[ordinal] = Slot(latency)
         return slot
 
-    def observe(self, route: str, ordinal: str, status: int, seconds: float) -> None:
-        self.slot(route, ordinal).observe(status, seconds)
-
 
 def bump(counter: dict[tuple[str, str], int], route: str, ordinal: str) -> None:
     counter[(route, ordinal)] = counter.get((route, ordinal), 0) + 1

@@ -35,12 +35,10 @@ class Shard:
     ready: bool = False
     address: tuple[str, int] | None = None
     pod: str = ""
-    #: Precomputed for the hot path: the metrics label and the client's response header.
-    label: str = field(init=False, compare=False, repr=False)
+    #: Precomputed for the hot path: the client's response header.
     response_header: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "label", str(self.ordinal))
         object.__setattr__(self, "response_header", b"X-Shard-Ordinal: %d\r\n" % self.ordinal)
 
 

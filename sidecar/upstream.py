@@ -178,8 +178,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.head, self.drop = [b""], frozenset()
             return
         self.status = status
-        self.head[0] = http11.STATUS_LINES[status] if status < 1000 else \
-            b"HTTP/1.1 %d \r\n" % status  # llhttp takes three digits: not reached
+        self.head[0] = http11.STATUS_LINES[status]  # llhttp refuses a status over 999
         self.keep_alive = self.should_keep_alive()
         if self.drop:
             head, drop = self.head, self.drop

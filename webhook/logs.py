@@ -41,6 +41,8 @@ def setup(level: str) -> None:
     logging.logThreads = logging.logMultiprocessing = False
 
 
-def event(msg: str, level: int = logging.INFO, /, **fields: Any) -> None:
-    """Log ``msg`` with ``fields`` as top-level keys of the JSON line."""
-    LOGGER.log(level, msg, extra={"fields": fields})
+def event(msg: str, level: int = logging.INFO, exc_info: bool = False, /, **fields: Any
+          ) -> None:
+    """Log ``msg`` with ``fields`` as top-level keys of the JSON line (and, with
+    ``exc_info`` inside an except block, the traceback under ``traceback``)."""
+    LOGGER.log(level, msg, exc_info=exc_info, extra={"fields": fields})

@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from webhook import admission, metrics
 from webhook.admission import Handled, NamespaceLookup
 from webhook.errors import BodyTooLarge, WebhookError
-from webhook.logs import LOGGER, event
+from webhook.logs import event
 from webhook.mutate_lane import MutateLane
 from webhook.podview import display_name
 from webhook.policy import Decision
@@ -110,8 +110,8 @@ def refuse(err: WebhookError, bug: bool = False) -> tuple[int, bytes]:
     error level with its traceback.
     """
     metrics.BAD_REVIEWS.labels(status=str(err.status)).inc()
-    LOGGER.log(logging.ERROR if bug else logging.WARNING, "bad review", exc_info=bug,
-               extra={"fields": {"status": err.status, "error": str(err)}})
+    event("bad review", logging.ERROR if bug else logging.WARNING, bug,
+          status=err.status, error=str(err))
     return err.status, orjson.dumps({"error": type(err).__name__, "message": str(err)})
 
 

@@ -14,7 +14,7 @@ from tests.sidecar.harness import SidecarThread, get_json
 @given(st.floats(min_value=0, max_value=100, allow_nan=False))
 def test_a_latency_lands_in_the_first_bucket_that_holds_it(seconds: float) -> None:
     stats = Stats()
-    stats.observe("r", "0", 200, seconds)
+    stats.slot("r", "0").observe(200, seconds)
     counts = stats.latency["r"].counts
     assert counts.index(1) == bisect_left(BUCKETS, seconds)  # "le": bound >= seconds
     assert sum(counts) == 1 and stats.latency["r"].total == seconds
@@ -24,7 +24,7 @@ def test_a_scrape_reports_every_count_once() -> None:
     stats = Stats()
     for ordinal, status, seconds in (("0", 200, 0.0004), ("0", 200, 0.002), ("1", 503, 0.0005),
                                      ("", 404, 40.0)):
-        stats.observe("ledger", ordinal, status, seconds)
+        stats.slot("ledger", ordinal).observe(status, seconds)
     text = exposition(registry_for(StatsCollector(stats, lambda: 3, lambda: {}))).decode()
     assert 'shardmesh_sidecar_requests_total{code="200",ordinal="0",route="ledger"} 2.0' in text
     assert 'shardmesh_sidecar_requests_total{code="503",ordinal="1",route="ledger"} 1.0' in text
