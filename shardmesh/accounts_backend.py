@@ -6,6 +6,10 @@ a request whose account the documented key -> ordinal function does not give
 to this replica is answered 409 and changes nothing. So a misrouted request is
 never silently absorbed; it shows up as a 409 that a test can count.
 
+Its ordinal is its pod's own (the ``apps.kubernetes.io/pod-index`` label), and
+it owns the accounts whose key-function result i gives ``start + i`` = that
+ordinal, where ``start`` is the StatefulSet's ``spec.ordinals.start``.
+
 HTTP interface (paths as the backend sees them, after the sidecar strips the route):
 - ``POST /accounts/<id>/deposit``: add 1 to the account's counter, answer its state.
 - ``GET /accounts/<id>``: the account's state (404 if this replica never saw it).
@@ -22,16 +26,19 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sidecar.shardfn import Strategy, ordinal_for
+from sidecar.shardfn import Strategy, pod_ordinal
 
 
 @dataclass
 class Ledger:
     """The replica's state, guarded by a lock (the server is threaded)."""
 
+    #: This pod's own ordinal (its pod-index), the value X-Shard-Ordinal must carry.
     ordinal: int
     strategy: Strategy
     name: str
+    #: The StatefulSet's spec.ordinals.start.
+    start: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     misrouted: int = 0
     #: Open client sockets, so that stopping the replica really drops keep-alive peers.
@@ -44,9 +51,11 @@ class Ledger:
             return f"X-Shard-Ordinal is {ordinal!r}, this is ordinal {self.ordinal}"
         if count is None or not count.isdigit() or int(count) < 1:
             return f"X-Shard-Count is {count!r}, expected a positive integer"
-        owner = ordinal_for(account, self.strategy, int(count))
+        owner = pod_ordinal(account, self.strategy, int(count), self.start)
         if owner != self.ordinal:
-            return f"account {account} belongs to ordinal {owner} of {count}, not {self.ordinal}"
+            starting = f" (ordinals start at {self.start})" if self.start else ""
+            return (f"account {account} belongs to ordinal {owner} of {count}{starting}, "
+                    f"not {self.ordinal}")
         return None
 
 
@@ -126,8 +135,8 @@ class AccountsBackend:
     """One replica, served on ``host:port`` in a background thread."""
 
     def __init__(self, host: str, port: int, ordinal: int, strategy: Strategy = "modulo",
-                 name: str | None = None) -> None:
-        self.ledger = Ledger(ordinal, strategy, name or f"sharded-svc-{ordinal}")
+                 name: str | None = None, start: int = 0) -> None:
+        self.ledger = Ledger(ordinal, strategy, name or f"sharded-svc-{ordinal}", start=start)
         self.server = ThreadingHTTPServer((host, port), _handler(self.ledger))
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -6,10 +6,15 @@ Design rules:
   on the pods of its namespace. Each change recomputes the route's snapshot
   with the pure ``snapshot`` function and hands it to the event loop with
   ``call_soon_threadsafe``; the loop thread is the only writer of the map.
-- ``N = spec.replicas`` (desired). Ordinal i is ready iff pod ``S-i`` exists,
-  is owned by S, has Ready=True, has no deletionTimestamp and has a pod IP.
-- A pod counts only if it is named ``S-<i>`` and a StatefulSet named S owns
-  it: a stray pod that merely looks like ``S-1`` must never receive traffic.
+- ``N = spec.replicas`` (desired), ``s = spec.ordinals.start`` (0 when absent).
+  Shard i (the key function's result, 0..N-1) is the pod with ordinal s + i; it
+  is ready iff that pod exists, is owned by S, has Ready=True, has no
+  deletionTimestamp and has a pod IP. A change of s is a change of S like any
+  other: the next snapshot maps every shard to its new pod.
+- A pod's ordinal is its own: its ``apps.kubernetes.io/pod-index`` label, or the
+  number in its name where the label is absent. A pod counts only if it is
+  named ``S-<n>``, a StatefulSet named S owns it, and its label (if any) says
+  n too: a stray pod that merely looks like ``S-1`` must never receive traffic.
 - Watch expiry (410) lists again; connection errors (an apiserver restart)
   keep the last known map and reconnect with backoff. Nothing is guessed:
   until the first full list, the route is not synced (503 shard_map_not_ready).
@@ -36,6 +41,10 @@ log = logging.getLogger("shardmesh.sidecar.discovery")
 
 #: Set by the StatefulSet controller on every pod it creates (value: the pod's name).
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
+#: Set by the StatefulSet controller (Kubernetes >= 1.28) to the pod's ordinal.
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+#: An ordinal as the controller writes it, in names and in the label.
+_ORDINAL = r"(?:0|[1-9][0-9]*)"
 #: An API object as JSON.
 Obj = dict[str, Any]
 
@@ -48,6 +57,10 @@ class StatefulSetInfo:
     replicas: int
     #: The first containerPort of the pod template, if any.
     template_port: int | None
+    #: spec.ordinals.start: the ordinal of the pod that serves shard 0.
+    start: int = 0
+    #: Why this StatefulSet cannot be mapped ("" when it can).
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,16 +84,27 @@ def statefulset_info(sts: Obj) -> StatefulSetInfo:
             break
         if port is not None:
             break
-    return StatefulSetInfo(replicas=replicas, template_port=port)
+    start = (spec.get("ordinals") or {}).get("start", 0)
+    if start is None:
+        start = 0
+    if type(start) is not int or start < 0:  # bool is an int subclass, and no ordinal
+        name = (sts.get("metadata") or {}).get("name")
+        return StatefulSetInfo(replicas=replicas, template_port=port, problem=(
+            f"statefulset {name}: spec.ordinals.start is {start!r}, "
+            "expected a non-negative integer"))
+    return StatefulSetInfo(replicas=replicas, template_port=port, start=start)
 
 
 def pod_info(pod: Obj, statefulset: str) -> PodInfo | None:
     """The pod (JSON) as an ordinal of ``statefulset``, or None when it is not one of its pods."""
     meta = pod.get("metadata") or {}
     name = meta.get("name") or ""
-    match = re.fullmatch(re.escape(statefulset) + r"-(0|[1-9][0-9]*)", name)
+    match = re.fullmatch(re.escape(statefulset) + f"-({_ORDINAL})", name)
     if match is None:
         return None
+    index = (meta.get("labels") or {}).get(POD_INDEX_LABEL)
+    if index is not None and index != match[1]:
+        return None  # not the pod its name says: which ordinal it serves is unknown
     owners = meta.get("ownerReferences") or []
     if not any(o.get("kind") == "StatefulSet" and o.get("name") == statefulset for o in owners):
         return None
@@ -93,16 +117,28 @@ def pod_info(pod: Obj, statefulset: str) -> PodInfo | None:
                    ip=ip or None, name=name)
 
 
-def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None,
-             pods: Iterable[PodInfo]) -> tuple[int, list[Shard], str]:
-    """(count, shards, problem) for a route: pure, so the rules above are testable."""
+@dataclass(frozen=True)
+class Snapshot:
+    """A route's map as discovery sees it: ``shards[i]`` is the pod with ordinal start + i."""
+
+    count: int
+    start: int
+    shards: list[Shard]
+    problem: str
+
+
+def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None, pods: Iterable[PodInfo]) -> Snapshot:
+    """The route's map: pure, so the rules above are testable."""
     backend = spec.backend
     if sts is None:
-        return 0, [], f"statefulset {backend.namespace}/{backend.statefulset} not found"
+        return Snapshot(0, 0, [], f"statefulset {backend.namespace}/{backend.statefulset} "
+                        "not found")
+    if sts.problem:
+        return Snapshot(0, 0, [], sts.problem)
     port = backend.port or sts.template_port
     by_ordinal = {p.ordinal: p for p in pods}
     shards = []
-    for ordinal in range(sts.replicas):
+    for ordinal in range(sts.start, sts.start + sts.replicas):
         pod = by_ordinal.get(ordinal)
         name = f"{backend.statefulset}-{ordinal}"
         if pod is None:
@@ -113,7 +149,7 @@ def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None,
                             address=address, pod=name))
     problem = "" if port else (f"no port: statefulset {backend.statefulset} declares no "
                                "containerPort and the route gives none")
-    return sts.replicas, shards, problem
+    return Snapshot(sts.replicas, sts.start, shards, problem)
 
 
 def api_client(settings: Settings) -> Any:
@@ -139,7 +175,7 @@ class StartupError(RuntimeError):
     """The sidecar cannot start; the message says why (shown without a traceback)."""
 
 
-Publish = Callable[[int, list[Shard], str], None]
+Publish = Callable[[Snapshot], None]
 
 
 class Collection:
@@ -301,8 +337,7 @@ class RouteWatch:
     def _publish_locked(self) -> None:
         if not all(self.listed.values()):
             return
-        count, shards, problem = snapshot(self.spec, self.sts, self.pods.values())
-        self.publish(count, shards, problem)
+        self.publish(snapshot(self.spec, self.sts, self.pods.values()))
 
 
 class KubernetesSource:
@@ -368,11 +403,12 @@ class KubernetesSource:
         loop = asyncio.get_running_loop()
         shard_map = self.map
 
-        def publish(count: int, shards: list[Shard], problem: str) -> None:
+        def publish(shot: Snapshot) -> None:
             def apply() -> None:
                 current = shard_map.get(spec.name)
                 if current is not None and current.spec.backend == spec.backend:
-                    shard_map.update(spec.name, count=count, shards=shards, problem=problem)
+                    shard_map.update(spec.name, count=shot.count, start=shot.start,
+                                     shards=shot.shards, problem=shot.problem)
 
             loop.call_soon_threadsafe(apply)
 

@@ -259,7 +259,8 @@ class Exchange:
     def attach(self, upstream: UpstreamConnection) -> None:
         """Send the head (and any body already read) on ``upstream``."""
         state = self.state
-        assert state is not None
+        shard = self.shard
+        assert state is not None and shard is not None
         conn = self.conn
         self.upstream = upstream
         head = self.head
@@ -267,7 +268,7 @@ class Exchange:
         if self.drop:
             head = _without(head, self.drop)
         head[0] = self.method + b" " + self.target + _SP_HTTP11_CRLF  # cheaper than a join
-        head.append(state.shard_headers[self.ordinal])
+        head.append(shard.upstream_header)
         if self.chunked:
             head.append(http11.CHUNKED)
         elif self.content_length is not None:

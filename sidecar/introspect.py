@@ -41,11 +41,11 @@ def resolve_info(shard_map: ShardMap, query: bytes) -> dict[str, Any]:
     if state is None:
         raise ProxyError("unknown_route", f"no route '{route}'", route=route)
     info: dict[str, Any] = {"route": route, "key": key, "strategy": state.spec.strategy,
-                            "count": state.count, "synced": state.synced}
+                            "count": state.count, "start": state.start, "synced": state.synced}
     if not state.synced or state.count < 1:
         return {**info, "ordinal": None, "pod": None, "address": None, "ready": False}
-    ordinal = ordinal_for(key, state.spec.strategy, state.count)
-    shard = state.shard(ordinal)
+    shard = state.shard(ordinal_for(key, state.spec.strategy, state.count))
     address = f"{shard.address[0]}:{shard.address[1]}" if shard.address else None
-    return {**info, "ordinal": ordinal, "pod": shard.pod or None, "address": address,
+    # The pod's own ordinal (start + the key function's result), as X-Shard-Ordinal says.
+    return {**info, "ordinal": shard.ordinal, "pod": shard.pod or None, "address": address,
             "ready": shard.ready and shard.address is not None}

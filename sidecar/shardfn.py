@@ -18,6 +18,9 @@ Invariants (tests/unit/test_shardfn_properties.py and tests/vectors/shard_vector
    (2014), with the published 64-bit LCG and IEEE-754 double arithmetic.
 7. rendezvous: weight(i) = XXH64(utf8(canonical key), seed=i) for i in 0..N-1;
    the highest weight wins, and a tie goes to the lowest ordinal.
+8. The result i in 0..N-1 is a shard, not yet a pod: with the StatefulSet's
+   ``spec.ordinals.start`` = s it is served by the pod with ordinal s + i
+   (``pod_ordinal``). Every strategy works on 0..N-1 whatever s is.
 """
 
 from __future__ import annotations
@@ -143,3 +146,15 @@ def ordinal_for(key: str, strategy: str, count: int) -> int:
     if strategy == "rendezvous":
         return rendezvous(key, count)
     raise ValueError(f"unknown strategy '{strategy}': expected one of {', '.join(STRATEGIES)}")
+
+
+def pod_ordinal(key: str, strategy: str, count: int, start: int = 0) -> int:
+    """The ordinal of the pod that owns ``key``: ``start + ordinal_for(key, strategy, count)``.
+
+    ``start`` is the StatefulSet's ``spec.ordinals.start`` (0 when absent): its pods
+    are ``start .. start+count-1``. Not used per request; the sidecar's map holds each
+    shard's pod ordinal already (sidecar/shardmap.py).
+    """
+    if start < 0:
+        raise ValueError(f"ordinals start must be >= 0, got {start}")
+    return start + ordinal_for(key, strategy, count)

@@ -1,6 +1,10 @@
-"""The shard map: for each route, the count N and each ordinal's (ready, address, pod).
+"""The shard map: for each route, the count N and each shard's pod (ordinal, ready, address).
 
 Design rules:
+- Shard i (the key function's result, 0..N-1) is served by the pod with ordinal
+  ``start + i``, where start is the StatefulSet's ``spec.ordinals.start``. The
+  map holds that pod ordinal in each shard, built once per change, so nothing
+  is added per request and every header, error and metric names the pod.
 - A ``RouteState`` is immutable. An update replaces it whole, so a request that
   resolved against one state never sees half of the next one.
 - ``resolve`` is the only place a key becomes an (ordinal, shard) pair; it is
@@ -12,8 +16,9 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,20 +31,31 @@ if TYPE_CHECKING:
     # Typed, so the compiled proxy reads a pool's fields natively.
     from sidecar.upstream import Pool
 
+log = logging.getLogger("shardmesh.sidecar.shardmap")
+
 
 @dataclass(frozen=True)
 class Shard:
-    """One ordinal of a route. ``address`` is None until the pod has an IP and a port."""
+    """One shard of a route, named by its pod's own ordinal (start + the shard's index).
+
+    ``address`` is None until the pod has an IP and a port.
+    """
 
     ordinal: int
     ready: bool = False
     address: tuple[str, int] | None = None
     pod: str = ""
-    #: Precomputed for the hot path: the client's response header.
+    #: The route's N, for X-Shard-Count. RouteState sets it on the shards it holds.
+    count: int = field(default=0, compare=False, repr=False)
+    # Precomputed for the hot path: the client's response header, and the upstream
+    # request's X-Shard-Ordinal and X-Shard-Count lines.
     response_header: bytes = field(init=False, compare=False, repr=False)
+    upstream_header: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "response_header", b"X-Shard-Ordinal: %d\r\n" % self.ordinal)
+        object.__setattr__(self, "upstream_header", b"X-Shard-Ordinal: %d\r\nX-Shard-Count: %d\r\n"
+                           % (self.ordinal, self.count))
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,8 @@ class RouteState:
     #: False until the first full list of the StatefulSet and its pods.
     synced: bool = False
     count: int = 0
+    #: The StatefulSet's spec.ordinals.start: shards[i] is the pod with ordinal start + i.
+    start: int = 0
     shards: tuple[Shard, ...] = ()
     #: Why the map is not usable yet (shown by /_shard/routes), e.g. "statefulset not found".
     problem: str = ""
@@ -64,8 +82,6 @@ class RouteState:
     key_spelling: bytes = field(init=False, compare=False, repr=False)
     strategy: str = field(init=False, compare=False, repr=False)
     timeout_s: float = field(init=False, compare=False, repr=False)
-    #: ordinal -> the ``X-Shard-Ordinal`` and ``X-Shard-Count`` lines of the upstream request.
-    shard_headers: tuple[bytes, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -74,9 +90,10 @@ class RouteState:
             "name": spec.name, "key": spec.key, "key_kind": spec.key.kind,
             "key_header": header, "key_spelling": title_case(header),
             "strategy": spec.strategy, "timeout_s": spec.timeout_s,
-            "shard_headers": tuple(b"X-Shard-Ordinal: %d\r\nX-Shard-Count: %d\r\n" % (i, self.count)
-                                   for i in range(self.count)),
         }
+        if any(s.count != self.count for s in self.shards):
+            # New shards, not changed ones: a state still in use keeps its own headers.
+            derived["shards"] = tuple(replace(s, count=self.count) for s in self.shards)
         for attribute, value in derived.items():
             object.__setattr__(self, attribute, value)
 
@@ -84,10 +101,11 @@ class RouteState:
     def initial(cls, spec: RouteSpec) -> RouteState:
         return cls(spec=spec, problem="not synced yet")
 
-    def shard(self, ordinal: int) -> Shard:
-        if ordinal < len(self.shards):
-            return self.shards[ordinal]
-        return Shard(ordinal=ordinal)
+    def shard(self, index: int) -> Shard:
+        """The shard for key-function result ``index`` (0..N-1)."""
+        if index < len(self.shards):
+            return self.shards[index]
+        return Shard(ordinal=self.start + index, count=self.count)
 
     def describe(self) -> dict[str, Any]:
         spec = self.spec
@@ -96,6 +114,7 @@ class RouteState:
             "namespace": spec.backend.namespace, "port": spec.backend.port,
             "key": str(spec.key), "strategy": spec.strategy, "wait_ms": spec.wait_ms,
             "timeout_s": spec.timeout_s, "synced": self.synced, "count": self.count,
+            "start": self.start,
             "problem": self.problem or None,
             "shards": [
                 {"ordinal": s.ordinal, "ready": s.ready, "pod": s.pod or None,
@@ -106,20 +125,31 @@ class RouteState:
 
 
 def resolve(state: RouteState, key: str) -> tuple[int, Shard]:
-    """The owner of ``key``; raises 503 errors when the map cannot say or the owner is down."""
+    """The owner of ``key`` as (its pod ordinal, its shard); raises 503 errors when the map
+    cannot say or the owner is down."""
     if not state.synced or state.count < 1:
         raise ProxyError("shard_map_not_ready",
                          f"the shard map of route '{state.spec.name}' is not ready: "
                          f"{state.problem or 'no replicas'}", route=state.spec.name)
-    ordinal = ordinal_for(key, state.strategy, state.count)
+    index = ordinal_for(key, state.strategy, state.count)
     shards = state.shards
-    shard = shards[ordinal] if ordinal < len(shards) else Shard(ordinal=ordinal)
+    shard = shards[index] if index < len(shards) else state.shard(index)
     if not shard.ready or shard.address is None:
+        ordinal = shard.ordinal
         raise ProxyError("shard_unavailable",
                          f"ordinal {ordinal} of route '{state.spec.name}' "
                          f"(pod {shard.pod or state.spec.backend.statefulset + '-' + str(ordinal)})"
                          " is not ready", route=state.spec.name, ordinal=ordinal)
-    return ordinal, shard
+    return shard.ordinal, shard
+
+
+def misnumbered(start: int, shards: Sequence[Shard]) -> str:
+    """Why ``shards`` are not the pods ``start, start+1, ...`` in order ("" when they are)."""
+    for index, shard in enumerate(shards):
+        if shard.ordinal != start + index:
+            return (f"shard {index} is ordinal {shard.ordinal}, expected {start + index} "
+                    f"(ordinals start at {start})")
+    return ""
 
 
 Listener = Callable[[RouteState | None, RouteState | None], None]
@@ -163,18 +193,25 @@ class ShardMap:
         return rebuild
 
     def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",
-               synced: bool = True) -> None:
-        """A new snapshot for a route (from discovery or static config)."""
+               synced: bool = True, start: int = 0) -> None:
+        """A new snapshot for a route (from discovery or static config): ``shards[i]`` is
+        the pod with ordinal ``start + i``."""
         key = name.encode()
         old = self.routes.get(key)
         if old is None:
             return  # the route was removed while its watch was delivering
         shards = tuple(shards)
-        if (old.synced == synced and old.count == count and old.shards == shards
-                and old.problem == problem):
+        wrong = misnumbered(start, shards)
+        if wrong:
+            # A bug upstream of here; an unusable map is better than a misrouting one.
+            log.error("route %s: refusing a shard map: %s", name, wrong)
+            synced, shards, problem = False, (), f"bad shard map: {wrong}"
+        if (old.synced == synced and old.count == count and old.start == start
+                and old.shards == shards and old.problem == problem):
             return  # e.g. a pod's status heartbeat: nothing that routing sees changed
-        state = replace(old, synced=synced, count=count, shards=shards, problem=problem,
-                        synced_at=time.monotonic() if synced else old.synced_at, pools={})
+        state = replace(old, synced=synced, count=count, start=start, shards=shards,
+                        problem=problem, synced_at=time.monotonic() if synced else old.synced_at,
+                        pools={})
         self._set(key, state)
 
     def _set(self, key: bytes, state: RouteState | None) -> None:

@@ -274,3 +274,89 @@ def test_annotation_changes_apply_live(cluster: Cluster) -> None:
              "route audit synced", timeout=30)
     state = cluster.state()
     assert state is not None and state.spec.strategy == "modulo" and state.synced
+
+
+def check_pod_ordinals(cluster: Cluster, start: int, count: int) -> int:
+    """Every request a backend saw is its own under ``ordinals.start``: X-Shard-Ordinal is
+    the backend's pod ordinal, which is ``start`` + the key function's result."""
+    checked = 0
+    for ordinal, backend in cluster.backends.items():
+        for seen in backend.seen:
+            key = seen.headers["x-shard-key"]
+            assert seen.headers["x-shard-ordinal"] == str(ordinal), seen
+            assert seen.headers["x-shard-count"] == str(count), seen
+            assert start + ordinal_for(key, "modulo", count) == ordinal, seen
+            checked += 1
+    return checked
+
+
+def pods_from(start: int, count: int) -> Callable[[RouteState], bool]:
+    return lambda s: (s.synced and s.count == count and s.start == start
+                      and all(sh.ready for sh in s.shards)
+                      and [sh.ordinal for sh in s.shards] == list(range(start, start + count)))
+
+
+def test_ordinals_start_routes_index_i_to_pod_start_plus_i(cluster: Cluster) -> None:
+    # ledger-1..3 (backends for ordinals 1..3, bound to those pods' IPs); none for ledger-0.
+    for ordinal in (1, 2, 3):
+        cluster.backend(ordinal)
+    manifest = statefulset(STS, 3)
+    manifest["spec"]["ordinals"] = {"start": 1}
+    cluster.apps.create_namespaced_stateful_set(cluster.namespace, manifest)
+    sidecar = cluster.start_sidecar({"shard.io/backend": STS})
+    cluster.wait_map(pods_from(1, 3), "pods ledger-1..3 ready")
+    core = client.CoreV1Api(cluster.cp.api_client())
+    pods = core.list_namespaced_pod(cluster.namespace).items
+    assert sorted((p.metadata.name, p.metadata.labels.get("apps.kubernetes.io/pod-index"))
+                  for p in pods) == [("ledger-1", "1"), ("ledger-2", "2"), ("ledger-3", "3")]
+    keys = [str(k) for k in range(300)]
+    for key, status, body, header in send(sidecar.port, keys):
+        owner = 1 + int(key) % 3
+        assert (status, body and body["ordinal"], header) == (200, owner, str(owner)), key
+    assert {o: len(b.seen) for o, b in cluster.backends.items()} == {1: 100, 2: 100, 3: 100}
+    assert check_pod_ordinals(cluster, 1, 3) == 300
+    status, _, raw = request(sidecar.port, "GET", f"/_shard/resolve?route={STS}&key=2")
+    resolved = json.loads(raw)
+    assert (status, resolved["ordinal"], resolved["pod"], resolved["ready"]) == (
+        200, 3, f"{STS}-3", True)
+    assert resolved["address"] == f"{cluster.kubelet.ip_for(cluster.namespace, 'ledger-3')}:{PORT}"
+    _, _, metrics = request(sidecar.admin_port, "GET", "/metrics")
+    assert f'code="200",ordinal="3",route="{STS}"' in metrics.decode()
+    assert f'ordinal="0",route="{STS}"' not in metrics.decode()
+
+    # A live change of the start: the map follows the watched StatefulSet, and no key is
+    # ever sent to a pod that the current start does not give it.
+    cluster.backend(0)
+    for backend in cluster.backends.values():
+        backend.seen.clear()
+    stop = threading.Event()
+    during: list[tuple[str, int, dict[str, Any] | None, str | None]] = []
+
+    def traffic() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", sidecar.port, timeout=10)
+        while not stop.is_set():
+            during.extend(send(sidecar.port, keys[:30], conn))
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    cluster.apps.patch_namespaced_stateful_set(STS, cluster.namespace,
+                                               {"spec": {"ordinals": {"start": 0}}})
+    cluster.wait_map(lambda s: s.start == 0, "start 0 seen", timeout=10)
+    cluster.wait_map(pods_from(0, 3), "pods ledger-0..2 ready")
+    stop.set()
+    thread.join(10)
+    # Mid-change a key is answered by its owner under the old start or the new one (or
+    # 503 while that pod is not ready); every pod only ever got requests named for it.
+    for key, status, body, header in during:
+        owners = {1 + int(key) % 3, int(key) % 3}
+        assert status == 503 or (status == 200 and body and body["ordinal"] in owners
+                                 and header == str(body["ordinal"])), (key, status, body)
+    for ordinal, backend in cluster.backends.items():
+        assert all(seen.headers["x-shard-ordinal"] == str(ordinal) for seen in backend.seen)
+    for backend in cluster.backends.values():
+        backend.seen.clear()
+    for key, status, body, header in send(sidecar.port, keys):
+        owner = int(key) % 3
+        assert (status, body and body["ordinal"], header) == (200, owner, str(owner)), key
+    assert check_pod_ordinals(cluster, 0, 3) == 300
+    assert not cluster.backends[3].seen

@@ -202,7 +202,7 @@ def test_introspection(sidecar: SidecarThread, backends: list[Backend]) -> None:
     status, _, info = get_json(sidecar.port, "/_shard/resolve?route=svc&key=user-7")
     owner = ordinal_for("user-7", "modulo", 3)
     assert info == {"route": "svc", "key": "user-7", "strategy": "modulo", "ordinal": owner,
-                    "count": 3, "synced": True, "pod": f"svc-{owner}",
+                    "count": 3, "start": 0, "synced": True, "pod": f"svc-{owner}",
                     "address": backends[owner].address, "ready": True}
     status, _, info = get_json(sidecar.port, "/_shard/resolve?route=nope&key=1")
     assert (status, info["error"]) == (404, "unknown_route")

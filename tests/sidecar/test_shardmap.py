@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from sidecar.annotations import format_downward_file, parse_routes
-from sidecar.discovery import PodInfo, StatefulSetInfo, pod_info, snapshot, statefulset_info
+from sidecar.discovery import (
+    PodInfo,
+    Snapshot,
+    StatefulSetInfo,
+    pod_info,
+    snapshot,
+    statefulset_info,
+)
 from sidecar.errors import ProxyError
 from sidecar.reload import AnnotationsFile
 from sidecar.shardmap import Shard, ShardMap, resolve
@@ -61,18 +68,17 @@ def test_statefulset_info_takes_desired_replicas_and_first_port() -> None:
 def test_snapshot_counts_desired_replicas_and_marks_missing_pods() -> None:
     pods = [PodInfo(0, True, "127.1.1.1", "ledger-0"), PodInfo(2, True, "127.1.1.3", "ledger-2"),
             PodInfo(7, True, "127.1.1.8", "ledger-7")]  # ordinal 7 is beyond N: ignored
-    count, shards, problem = snapshot(SPEC, StatefulSetInfo(3, 8080), pods)
-    assert (count, problem) == (3, "")
-    assert shards == [Shard(0, True, ("127.1.1.1", 8080), "ledger-0"),
+    shot = snapshot(SPEC, StatefulSetInfo(3, 8080), pods)
+    assert (shot.count, shot.start, shot.problem) == (3, 0, "")
+    assert shot.shards == [Shard(0, True, ("127.1.1.1", 8080), "ledger-0"),
                       Shard(1, False, None, "ledger-1"),
                       Shard(2, True, ("127.1.1.3", 8080), "ledger-2")]
 
 
 def test_snapshot_without_statefulset_or_port() -> None:
-    assert snapshot(SPEC, None, [])[:2] == (0, [])
-    count, shards, problem = snapshot(SPEC, StatefulSetInfo(1, None),
-                                      [PodInfo(0, True, "127.1.1.1", "ledger-0")])
-    assert count == 1 and not shards[0].ready and "no port" in problem
+    assert snapshot(SPEC, None, []) == Snapshot(0, 0, [], "statefulset shop/ledger not found")
+    shot = snapshot(SPEC, StatefulSetInfo(1, None), [PodInfo(0, True, "127.1.1.1", "ledger-0")])
+    assert shot.count == 1 and not shot.shards[0].ready and "no port" in shot.problem
 
 
 def test_resolve_never_answers_for_another_ordinal() -> None:
