@@ -2,8 +2,10 @@
 
 Rules:
 - A reconciler thread lists the StatefulSet's pods every POLL seconds. Each
-  live pod ``S-i`` (no deletionTimestamp) gets one ``AccountsBackend`` for
-  ordinal i, bound to the pod's loopback IP; a pod that disappears, or is
+  live pod ``S-i`` (no deletionTimestamp) gets one ``AccountsBackend`` for its
+  own ordinal i (its ``apps.kubernetes.io/pod-index`` label, as a real
+  backend would read it; the name's number without it) and the set's
+  ``ordinals.start``, bound to the pod's loopback IP; a pod that disappears, or is
   replaced by a new one (new UID), has its backend stopped. A new pod is a new
   process, so it starts with an empty ledger.
 - Readiness is earned, like a readiness probe: the simulated kubelet is told
@@ -33,20 +35,23 @@ from tests.cluster.kubelet import Kubelet, raw_json
 from tests.e2e.verdicts import Holding
 
 POLL = 0.1
-MAX_ORDINALS = 8  # pods S-0..S-7 start unready until their backend is up
+MAX_ORDINALS = 8  # pods S-start..S-(start+7) start unready until their backend is up
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 
 
 class Replicas:
     """The backends of StatefulSet ``name`` in ``namespace``; see the module rules."""
 
     def __init__(self, cp: ControlPlane, kubelet: Kubelet, namespace: str, name: str,
-                 port: int, strategy: Strategy) -> None:
+                 port: int, strategy: Strategy, start: int = 0) -> None:
         self.kubelet, self.namespace, self.name = kubelet, namespace, name
         self.port, self.strategy = port, strategy
+        self.ordinals_start = start  # spec.ordinals.start (``start`` is a method)
         self._api = client.CoreV1Api(cp.api_client())
         self._pattern = re.compile(rf"^{re.escape(name)}-(\d+)$")
         self._lock = threading.RLock()
         self._live: dict[str, tuple[str, AccountsBackend]] = {}
+        self._ordinals: dict[str, int] = {}  # pod name -> its ordinal, from the last list
         self._readied: set[str] = set()  # pod UIDs already made Ready
         self._ready_names: set[str] = set()  # names last told to the kubelet as ready
         self._held: set[str] = set()
@@ -59,7 +64,7 @@ class Replicas:
 
     def start(self) -> Replicas:
         """Call before creating the StatefulSet: its pods must not be readied too early."""
-        for ordinal in range(MAX_ORDINALS):
+        for ordinal in range(self.ordinals_start, self.ordinals_start + MAX_ORDINALS):
             self.kubelet.set_ready(self.namespace, self.pod_name(ordinal), False)
         self._thread.start()
         return self
@@ -134,11 +139,18 @@ class Replicas:
     def sync(self) -> None:
         pods = raw_json(self._api.list_namespaced_pod(self.namespace, _preload_content=False,
                                                       _request_timeout=5))["items"]
-        alive: dict[str, str] = {
-            p["metadata"]["name"]: p["metadata"]["uid"] for p in pods
-            if not p["metadata"].get("deletionTimestamp")
-            and self._pattern.match(p["metadata"]["name"])}
+        alive: dict[str, str] = {}
+        ordinals: dict[str, int] = {}
+        for p in pods:
+            meta = p["metadata"]
+            match = self._pattern.match(meta["name"])
+            if meta.get("deletionTimestamp") or not match:
+                continue
+            alive[meta["name"]] = meta["uid"]
+            ordinals[meta["name"]] = int((meta.get("labels") or {}).get(POD_INDEX_LABEL)
+                                         or match[1])
         with self._lock:
+            self._ordinals.update(ordinals)
             for name, (uid, backend) in list(self._live.items()):
                 if alive.get(name) != uid:
                     del self._live[name]
@@ -156,9 +168,9 @@ class Replicas:
                 self._ready_names.discard(name)
 
     def _start_backend(self, pod: str) -> AccountsBackend:
-        ordinal = int(self._pattern.match(pod)[1])  # type: ignore[index]
         ip = self.kubelet.ip_for(self.namespace, pod)
-        backend = AccountsBackend(ip, self.port, ordinal, self.strategy, name=pod).start()
+        backend = AccountsBackend(ip, self.port, self._ordinals[pod], self.strategy, name=pod,
+                                  start=self.ordinals_start).start()
         self.ledgers.append(backend.ledger)
         return backend
 

@@ -41,6 +41,19 @@ def test_a_clean_epoch_has_no_violations() -> None:
     assert epoch_violations(good_holdings(ACCOUNTS), answers, STS, STRATEGY, N) == []
 
 
+def test_with_ordinals_start_the_owner_is_the_pod_start_plus_i() -> None:
+    # ordinals.start = 1: shard i is pod svc-(1+i); the same answers under start 0 are wrong.
+    answers = [ok(a, 1 + owner(a)) for a in ACCOUNTS]
+    held: dict[int, dict[str, int]] = {}
+    for a in ACCOUNTS:
+        held.setdefault(1 + owner(a), {})[a] = 1
+    holdings = [Holding(f"{STS}-{o}", c) for o, c in held.items()]
+    assert answer_violations(answers, STS, STRATEGY, N, start=1) == []
+    assert epoch_violations(holdings, answers, STS, STRATEGY, N, start=1) == []
+    assert len(answer_violations(answers, STS, STRATEGY, N)) == len(ACCOUNTS)
+    assert len(epoch_violations(holdings, answers, STS, STRATEGY, N)) == len(ACCOUNTS)
+
+
 @pytest.mark.parametrize(("answer", "needle"), [
     pytest.param(Answer("5", 409, "0", None, {"error": "not_my_shard"}), "409", id="conflict"),
     pytest.param(Answer("5", 502, None, None, {"error": "upstream_error"}), "got 502",

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.shardfn import Strategy, ordinal_for
+from sidecar.shardfn import Strategy, ordinal_for, pod_ordinal
 from tests.e2e.traffic import Answer
 
 
@@ -31,12 +31,14 @@ def replica_name(statefulset: str, ordinal: int) -> str:
 
 
 def answer_violations(answers: Iterable[Answer], statefulset: str, strategy: Strategy,
-                      count: int, down: frozenset[int] = frozenset()) -> list[str]:
-    """Each answer is what its owner (under N=count) should give: 200 from the owner itself,
-    or, if the owner is down, 503 ``shard_unavailable`` with Retry-After. Never a 409."""
+                      count: int, down: frozenset[int] = frozenset(), start: int = 0,
+                      ) -> list[str]:
+    """Each answer is what its owner (the pod ordinal, under N=count and ordinals.start=start)
+    should give: 200 from the owner itself, or, if the owner is down, 503
+    ``shard_unavailable`` with Retry-After. Never a 409."""
     found: list[str] = []
     for a in answers:
-        owner = ordinal_for(a.account, strategy, count)
+        owner = pod_ordinal(a.account, strategy, count, start)
         body = a.body if isinstance(a.body, dict) else {}
         if a.status == 409:
             found.append(f"account {a.account}: 409 from a replica that does not own it: {a.body}")
@@ -55,7 +57,7 @@ def answer_violations(answers: Iterable[Answer], statefulset: str, strategy: Str
 
 
 def epoch_violations(holdings: Sequence[Holding], answers: Iterable[Answer], statefulset: str,
-                     strategy: Strategy, count: int) -> list[str]:
+                     strategy: Strategy, count: int, start: int = 0) -> list[str]:
     """Every account deposited this epoch lives on exactly one replica, its owner under
     N=count, with as many deposits as the app saw succeed; no replica holds anything else."""
     succeeded = Counter(a.account for a in answers if a.status == 200)
@@ -65,7 +67,7 @@ def epoch_violations(holdings: Sequence[Holding], answers: Iterable[Answer], sta
             homes.setdefault(account, []).append(holding)
     found: list[str] = []
     for account, deposits in sorted(succeeded.items()):
-        owner = replica_name(statefulset, ordinal_for(account, strategy, count))
+        owner = replica_name(statefulset, pod_ordinal(account, strategy, count, start))
         where = [h.replica for h in homes.get(account, [])]
         if where != [owner]:
             found.append(f"account {account}: expected on [{owner}] only, found on {where}")
