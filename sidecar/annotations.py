@@ -68,11 +68,33 @@ _SUFFIX_SCALE: Final = {
 }
 
 
+#: How much of a user's value a message repeats (see ``clip``).
+ECHO_CHARS: Final = 200
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` as a message may repeat it: at most ``limit`` characters, then a
+    marker saying how many bytes (UTF-8) were cut.
+
+    Annotation values are the user's and reach the webhook before the API
+    server's size checks: a 1 MB value was echoed in full, twice, in the denial
+    and again in the log line. Every message that repeats a value clips it.
+    """
+    if len(text) <= limit:
+        return text
+    cut = len(text[limit:].encode("utf-8", "surrogatepass"))
+    return f"{text[:limit]}...[{cut} more bytes]"
+
+
 class AnnotationError(ValueError):
-    """An annotation value that cannot be used. The message is shown to the user."""
+    """An annotation value that cannot be used. The message is shown to the user.
+
+    ``value`` is kept whole; the message repeats at most ``ECHO_CHARS`` of it, and
+    of any piece of it that ``why`` quotes."""
 
     def __init__(self, key: str, value: str, why: str) -> None:
-        super().__init__(f"invalid value '{value}' for annotation '{key}': {why}")
+        super().__init__(f"invalid value '{clip(value)}' for annotation '{clip(key)}': "
+                         f"{clip(why, 2 * ECHO_CHARS)}")
         self.key, self.value, self.why = key, value, why
 
 
@@ -142,21 +164,22 @@ def parse_key_source(key: str, value: str) -> KeySource:
         )
     if kind == "header":
         if _HTTP_TOKEN.fullmatch(arg) is None:
-            raise AnnotationError(key, value, f"'{arg}' is not a valid HTTP header name")
+            raise AnnotationError(key, value, f"'{clip(arg)}' is not a valid HTTP header name")
         return KeySource("header", name=arg)
     if kind == "query":
         return KeySource("query", name=arg)
     if kind == "path":
         if not arg.isascii() or not arg.isdigit():
-            raise AnnotationError(key, value, f"path index '{arg}' is not a non-negative integer")
+            raise AnnotationError(key, value,
+                                  f"path index '{clip(arg)}' is not a non-negative integer")
         return KeySource("path", index=int(arg))
     if kind == "json":
         parts = tuple(arg.split("."))
         if any(not p for p in parts):
-            raise AnnotationError(key, value, f"JSON path '{arg}' has an empty segment")
+            raise AnnotationError(key, value, f"JSON path '{clip(arg)}' has an empty segment")
         return KeySource("json", name=arg, path=parts)
     raise AnnotationError(
-        key, value, f"unknown key source '{kind}': expected header, query, path or json"
+        key, value, f"unknown key source '{clip(kind)}': expected header, query, path or json"
     )
 
 
@@ -222,21 +245,23 @@ def parse_backends(value: str, pod_namespace: str) -> tuple[Backend, ...]:
 def _parse_backend(entry: str, whole: str, pod_namespace: str) -> Backend:
     route, sep, target = entry.rpartition("=")
     if sep and not route:
-        raise AnnotationError(BACKEND, whole, f"entry '{entry}' has an empty route name")
+        raise AnnotationError(BACKEND, whole, f"entry '{clip(entry)}' has an empty route name")
     target, sep, port_text = target.partition(":")
     port: int | None = None
     if sep:
         if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise AnnotationError(BACKEND, whole, f"port '{port_text}' is not in 1..65535")
+            raise AnnotationError(BACKEND, whole, f"port '{clip(port_text)}' is not in 1..65535")
         port = int(port_text)
     statefulset, _, namespace = target.partition(".")
     namespace = namespace or pod_namespace
     for what, name in (("statefulset", statefulset), ("namespace", namespace)):
         if _DNS_LABEL.fullmatch(name) is None:
-            raise AnnotationError(BACKEND, whole, f"{what} '{name}' is not a valid DNS-1123 label")
+            raise AnnotationError(BACKEND, whole,
+                                  f"{what} '{clip(name)}' is not a valid DNS-1123 label")
     route = route or statefulset
     if _DNS_LABEL.fullmatch(route) is None:
-        raise AnnotationError(BACKEND, whole, f"route '{route}' is not a valid DNS-1123 label")
+        raise AnnotationError(BACKEND, whole,
+                              f"route '{clip(route)}' is not a valid DNS-1123 label")
     return Backend(route=route, statefulset=statefulset, namespace=namespace, port=port)
 
 
@@ -261,9 +286,9 @@ def parse_routes(annotations: Mapping[str, str], pod_namespace: str) -> tuple[Ro
     for name, value in annotations.items():
         base, dot, route = name.partition(".io/")[2].partition(".")
         if dot and f"{PREFIX}{base}" in ROUTE_OPTIONS and route not in routes:
-            declared = ", ".join(sorted(routes)) or "none"
+            declared = clip(", ".join(sorted(routes))) or "none"
             raise AnnotationError(
-                name, value, f"no route '{route}' in {BACKEND} (declared: {declared})"
+                name, value, f"no route '{clip(route)}' in {BACKEND} (declared: {declared})"
             )
     return tuple(_route_spec(annotations, b) for b in backends)
 
@@ -305,7 +330,8 @@ def parse_resources(annotations: Mapping[str, str]) -> Resources:
         if request in amounts and limit in amounts and amounts[request] > amounts[limit]:
             key = request if request in annotations else limit
             raise AnnotationError(
-                key, values[key], f"{request} ({values[request]}) exceeds {limit} ({values[limit]})"
+                key, values[key],
+                f"{request} ({clip(values[request])}) exceeds {limit} ({clip(values[limit])})",
             )
     pick: Callable[[str, str], dict[str, str]] = lambda cpu, mem: {  # noqa: E731
         name: values[k] for name, k in (("cpu", cpu), ("memory", mem)) if values[k]

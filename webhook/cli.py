@@ -61,6 +61,16 @@ class _PerProcess:
 
     pid = -1
     context: Any = None
+    throttle_pid = -1
+    _throttle: Any = None
+
+    @classmethod
+    def throttle(cls) -> Any:
+        """The log throttle for aborted handshakes: one per process, whether gunicorn
+        asks the ``ssl_context`` hook once (gevent) or for every connection (gthread)."""
+        if cls.throttle_pid != os.getpid():
+            cls.throttle_pid, cls._throttle = os.getpid(), logs.Throttle()
+        return cls._throttle
 
     @classmethod
     def get(cls, cert_file: str, key_file: str) -> Any:
@@ -88,10 +98,14 @@ class WebhookApplication(BaseApplication):  # type: ignore[misc]
         s = self.settings
         cert_file, key_file = self.cert_file, self.key_file
 
+        # gthread: the handshake in wrap_socket, bounded; gevent: in the worker.
+        handshake_timeout = s.handshake_timeout_s if s.worker_class == "gthread" else None
+
         def ssl_context(_conf: Any, _default: Any) -> Any:
             from webhook.tls import FollowingContext
 
-            return FollowingContext(_PerProcess.get(cert_file, key_file))
+            return FollowingContext(_PerProcess.get(cert_file, key_file), handshake_timeout,
+                                    _PerProcess.throttle())
 
         values: dict[str, Any] = {
             "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],

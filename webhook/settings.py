@@ -72,6 +72,14 @@ class Settings:
     threads: int = 4
     #: Larger AdmissionReview bodies get HTTP 413.
     max_body_bytes: int = 4 * 1024 * 1024
+    #: Seconds a TLS handshake may take; slower ones (a connection that never sends
+    #: its ClientHello) are aborted and their connection closed.
+    handshake_timeout_s: float = 5.0
+    #: TLS handshakes in progress per worker; at the limit the oldest one is aborted
+    #: to make room, so idle connections cannot lock the API server out.
+    max_handshakes: int = 100
+    #: Seconds to read a request's body and answer it; a slower client is disconnected.
+    request_timeout_s: float = 10.0
     #: No Kubernetes API: namespaces have no labels or annotations and
     #: certificates must come from files. For benchmarks and local tests.
     offline: bool = False
@@ -103,6 +111,11 @@ class Settings:
             raise ValueError(f"invalid port {self.port}: expected 1..65535")
         if self.workers < 1 or self.threads < 1:
             raise ValueError("--workers and --threads must be at least 1")
+        for name in ("handshake_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{_flag(name)} must be more than 0")
+        if self.max_handshakes < 1 or self.max_body_bytes < 1:
+            raise ValueError("--max-handshakes and --max-body-bytes must be at least 1")
         if self.worker_class not in WORKER_CLASSES:
             raise ValueError(f"invalid worker class '{self.worker_class}': expected "
                              + " or ".join(WORKER_CLASSES))

@@ -10,15 +10,18 @@ context is kept and the next look tries again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import selectors
 import socket
 import ssl
 import threading
 import time
 from typing import Any
 
-from webhook.logs import event
+from sidecar.annotations import clip
+from webhook.logs import Throttle, event
 
 Stamp = tuple[tuple[int, int], tuple[int, int]]
 
@@ -88,10 +91,66 @@ class FollowingContext:
     gunicorn's gthread worker asks the hook for every connection, but its
     gevent worker asks once and keeps the answer for the worker's life; a
     real ``SSLContext`` there would pin the first certificate forever.
+
+    The handshake is never left to the caller, which would wait for it without
+    a limit. With ``handshake_timeout`` (the gthread worker, whose thread
+    would wait) it is done here, within that time; without it, not at all:
+    the gevent worker (``webhook.worker``) does it, bounded.
     """
 
-    def __init__(self, reloading: ReloadingContext) -> None:
-        self.reloading = reloading
+    def __init__(self, reloading: ReloadingContext, handshake_timeout: float | None = None,
+                 log: Throttle | None = None) -> None:
+        self.reloading, self.handshake_timeout = reloading, handshake_timeout
+        self.log = log or Throttle()
 
     def wrap_socket(self, sock: socket.socket, **kwargs: Any) -> ssl.SSLSocket:
-        return self.reloading.get().wrap_socket(sock, **kwargs)
+        kwargs["do_handshake_on_connect"] = False
+        wrapped = self.reloading.get().wrap_socket(sock, **kwargs)
+        if self.handshake_timeout is not None:
+            try:
+                handshake_within(wrapped, self.handshake_timeout)
+            except OSError as err:  # ssl.SSLError and TimeoutError are ones
+                reason = "timeout" if isinstance(err, TimeoutError) else abort_reason(err)
+                self.log.event(f"handshake {reason}", "TLS handshake aborted", logging.WARNING,
+                               reason=reason, error=clip(str(err)))
+                wrapped.close()
+                # The one error gunicorn's gthread worker closes quietly, without
+                # its own traceback: the line above said what happened.
+                raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "TLS handshake aborted") from None
+        return wrapped
+
+
+def handshake_within(sock: ssl.SSLSocket, timeout: float) -> None:
+    """Complete ``sock``'s server handshake within ``timeout`` seconds in all, or
+    raise ``TimeoutError`` (a socket timeout bounds each read, not their sum, so
+    a ClientHello sent a byte at a time would pass it)."""
+    deadline = time.monotonic() + timeout
+    previous = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                wanted = selectors.EVENT_READ
+            except ssl.SSLWantWriteError:
+                wanted = selectors.EVENT_WRITE
+            left = deadline - time.monotonic()
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, wanted)
+                if left <= 0 or not selector.select(left):
+                    raise TimeoutError(f"no handshake within {timeout:g}s")
+    finally:
+        sock.settimeout(previous)
+
+
+def abort_reason(err: BaseException) -> str:
+    """The ``reason`` logged for a handshake that failed with ``err``."""
+    if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, EOFError)):
+        return "closed"
+    if isinstance(err, ssl.SSLError):
+        return "tls_error"
+    if isinstance(err, OSError) and err.errno in (errno.ENOTCONN, errno.EBADF):
+        return "closed"
+    return "error"

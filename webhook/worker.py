@@ -20,15 +20,36 @@ served first in one pass is served last in the next and waits two passes,
 while the last one waits almost none. ``Turns`` keeps one watcher and a FIFO
 queue, so every connection waits one pass. On the benchmark at c=16 that took
 p99 from about 2.2x p50 to about 1.8x (one worker alone: 1.1x).
+
+Why the worker does the TLS handshake: gevent's server does it, with no time
+limit, in the connection's greenlet before gunicorn sees the connection, and
+the greenlet takes one of the worker's ``worker_connections`` (1000) slots. So
+connections that never send a ClientHello filled both workers and every review
+timed out for as long as they were held, and each one that gave up logged a
+20-line traceback. Here the handshake is bounded in time
+(``handshake_timeout_s``) and in number (``max_handshakes``, the oldest giving
+way to a new one, since the API server's connection is the newest), and an
+abort is one JSON line, at most one a second per reason (``logs.Throttle``).
+After the handshake, gunicorn bounds the wait for a request head (its
+``keepalive``, 30 s); the body and the answer get ``request_timeout_s``, as a
+trickled body would otherwise hold its slot for ever.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import logging
+import ssl
+from collections import OrderedDict, deque
 from typing import Any
 
+from gevent import Timeout, getcurrent
 from gevent.hub import Waiter, get_hub
 from gunicorn.workers.ggevent import GeventWorker
+
+from sidecar.annotations import clip
+from webhook.logs import Throttle
+from webhook.settings import Settings
+from webhook.tls import abort_reason
 
 
 class Turns:
@@ -58,12 +79,106 @@ class Turns:
             waiter.switch(None)
 
 
+class Evicted(Exception):
+    """Thrown into a handshake that gives way to a newer one."""
+
+
+class _Pending:
+    __slots__ = ("greenlet", "active")
+
+    def __init__(self, greenlet: Any) -> None:
+        self.greenlet, self.active = greenlet, True
+
+
+def _evict(pending: _Pending) -> None:
+    # Run by the hub, so the greenlet is parked; if its handshake finished
+    # since it was picked, it keeps its connection.
+    if pending.active:
+        pending.greenlet.throw(Evicted())
+
+
+class Handshakes:
+    """The TLS handshakes in progress in one worker: each one bounded in time, and
+    at most ``limit`` at once, the oldest aborted to make room for a new one."""
+
+    def __init__(self, timeout: float, limit: int, log: Throttle) -> None:
+        self.timeout, self.limit, self.log = timeout, limit, log
+        self._pending: OrderedDict[_Pending, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def complete(self, sock: ssl.SSLSocket, peer: Any) -> bool:
+        """Do ``sock``'s handshake; False (logged) if it was aborted or failed."""
+        while len(self._pending) >= self.limit:
+            oldest, _ = self._pending.popitem(last=False)
+            get_hub().loop.run_callback(_evict, oldest)
+        pending = _Pending(getcurrent())
+        self._pending[pending] = None
+        timer = Timeout.start_new(self.timeout)
+        try:
+            sock.do_handshake()
+            return True
+        except Timeout as err:
+            if err is not timer:
+                raise
+            reason, detail = "timeout", f"no handshake within {self.timeout:g}s"
+        except Evicted:
+            reason, detail = "evicted", f"{self.limit} newer handshakes were waiting"
+        except OSError as err:  # ssl.SSLError is one
+            reason, detail = abort_reason(err), clip(str(err))
+        finally:
+            timer.close()
+            pending.active = False
+            self._pending.pop(pending, None)
+        self.log.event(f"handshake {reason}", "TLS handshake aborted", logging.WARNING,
+                       reason=reason, error=detail, peer=_host(peer))
+        return False
+
+
+def _host(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 class FairGeventWorker(GeventWorker):  # type: ignore[misc]
     def init_process(self) -> None:
+        settings = getattr(self.app, "settings", None)
+        if not isinstance(settings, Settings):
+            settings = Settings()
         self.turns = Turns()
+        self.slow = Throttle()
+        self.handshakes = Handshakes(settings.handshake_timeout_s, settings.max_handshakes,
+                                     self.slow)
+        self.request_timeout = settings.request_timeout_s
         super().init_process()
 
+    def notify(self) -> None:
+        super().notify()  # once a second: the end of a burst gets its line too
+        self.slow.flush()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        # gevent's server only wrapped the socket (webhook.tls.FollowingContext
+        # turns its handshake off); the handshake is done here, within bounds.
+        if isinstance(client, ssl.SSLSocket):
+            client.setblocking(True)  # gevent's kind: waits yield to the hub
+            if not self.handshakes.complete(client, addr):
+                client.close()
+                return
+        super().handle(listener, client, addr)
+
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
-        result = super().handle_request(listener_name, req, sock, addr)
+        timer = Timeout.start_new(self.request_timeout)
+        try:
+            result = super().handle_request(listener_name, req, sock, addr)
+        except Timeout as err:
+            if err is not timer:
+                raise
+            self.slow.event("request timeout", "request timed out", logging.WARNING,
+                            error=f"not read and answered within {self.request_timeout:g}s",
+                            path=clip(str(getattr(req, "path", ""))), peer=_host(addr))
+            # gunicorn closes the connection on StopIteration, quietly.
+            raise StopIteration from None
+        finally:
+            timer.close()
         self.turns.wait()
         return result
