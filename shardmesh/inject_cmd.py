@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from sidecar.annotations import clip
 from webhook.inject import inject
 from webhook.podview import Obj, metadata
 from webhook.settings import Settings
@@ -69,7 +70,8 @@ class Injector:
         if kind == "List" and isinstance(doc.get("items"), list):
             return {**doc, "items": [self.document(item) for item in doc["items"]]}
         namespace = str(metadata(doc).get("namespace") or self.default_namespace)
-        what = f"{kind}/{metadata(doc).get('name') or metadata(doc).get('generateName', '')}"
+        name = metadata(doc).get('name') or metadata(doc).get('generateName', '')
+        what = clip(f"{kind}/{name}")
         if kind == "Pod":
             return self.pod(doc, namespace, what)
         path = TEMPLATE_PATHS.get(str(kind))
@@ -100,7 +102,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     for value in values:
         key, sep, val = value.partition("=")
         if not sep or not key:
-            raise ValueError(f"invalid value '{value}' for {flag}: expected KEY=VALUE")
+            raise ValueError(f"invalid value '{clip(value)}' for {flag}: expected KEY=VALUE")
         out[key] = val
     return out
 

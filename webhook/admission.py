@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import orjson
 
+from sidecar.annotations import clip
 from webhook import patch, reasons
 from webhook.errors import AdmissionError, WebhookError
 from webhook.inject import Outcome, inject
@@ -39,8 +40,19 @@ class Handled:
     decision: Decision
 
 
+#: Request fields this webhook reads, with the JSON type each must have if present.
+_FIELD_TYPES: tuple[tuple[str, type, str], ...] = (
+    ("kind", dict, "a JSON object"), ("object", dict, "a JSON object"),
+    ("operation", str, "a string"), ("namespace", str, "a string"),
+    ("subResource", str, "a string"), ("dryRun", bool, "a boolean"),
+)
+
+
 def decode(body: bytes) -> AdmissionRequest:
-    """The request of an AdmissionReview v1, or ``WebhookError`` naming what is wrong."""
+    """The request of an AdmissionReview v1, or ``WebhookError`` naming what is wrong.
+
+    ``object`` may be null or absent: the API server sends it so for DELETE (and
+    ``oldObject`` for CREATE and CONNECT)."""
     try:
         doc: Any = orjson.loads(body)
     except orjson.JSONDecodeError as err:  # also invalid UTF-8
@@ -49,29 +61,35 @@ def decode(body: bytes) -> AdmissionRequest:
         raise WebhookError(f"expected an AdmissionReview object, got JSON {type(doc).__name__}")
     for field, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
         if doc.get(field) != expected:
-            raise WebhookError(f"invalid {field} {doc.get(field)!r}: expected '{expected}'")
+            raise WebhookError(f"invalid {field} {clip(repr(doc.get(field)))}: "
+                               f"expected '{expected}'")
     request = doc.get("request")
     if not isinstance(request, dict):
         raise WebhookError("the AdmissionReview has no request")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise WebhookError("the AdmissionReview request has no uid")
-    if not isinstance(request.get("object"), dict):
-        raise WebhookError(f"the AdmissionReview request {uid} has no object")
+    for field, type_, what in _FIELD_TYPES:
+        if request.get(field) is not None and not isinstance(request[field], type_):
+            raise WebhookError(f"the AdmissionReview request {clip(uid)}: '{field}' is not "
+                               f"{what}")
     return cast(AdmissionRequest, request)
 
 
 def is_pod_create(request: AdmissionRequest) -> bool:
+    """A pod's creation, with the pod: the only review that can be injected."""
     kind = request.get("kind") or {"group": "", "version": "", "kind": ""}
     return (request.get("operation") == "CREATE" and kind.get("kind") == "Pod"
-            and kind.get("group", "") == "" and not request.get("subResource"))
+            and kind.get("group", "") == "" and not request.get("subResource")
+            and request.get("object") is not None)
 
 
 def review(body: bytes, settings: Settings, namespaces: NamespaceLookup) -> Handled:
     """Answer one review. Raises ``WebhookError`` for a broken one (HTTP 4xx/5xx)."""
     request = decode(body)
     if not is_pod_create(request):
-        # Only pod CREATE is registered; anything else is let through untouched.
+        # Only pod CREATE is registered, but a user may widen the operations:
+        # anything else is let through untouched.
         decision = Decision("skipped", reasons.NOT_POD_CREATE,
                             reasons.SENTENCES[reasons.NOT_POD_CREATE])
         return Handled(request, respond(request["uid"], decision, []), decision)

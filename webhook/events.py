@@ -23,6 +23,7 @@ from typing import Any
 
 from kubernetes import client
 
+from sidecar.annotations import clip
 from webhook.logs import event
 from webhook.podview import Obj, display_name, metadata
 from webhook.policy import Decision
@@ -47,7 +48,7 @@ def build(request: AdmissionRequest, decision: Decision, component: str) -> Obj 
         return None
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     what = "injected into" if decision.result == "injected" else "refused for"
-    note = f"shard-router {what} pod {display_name(pod)}: {decision.message}"
+    note = f"shard-router {what} pod {clip(display_name(pod))}: {decision.message}"
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{owner['name']}.{secrets.token_hex(8)}", "namespace": namespace},
@@ -55,7 +56,7 @@ def build(request: AdmissionRequest, decision: Decision, component: str) -> Obj 
                            "name": owner.get("name"), "uid": owner.get("uid"),
                            "namespace": namespace},
         "reason": REASONS[decision.result],
-        "message": note[:1024],
+        "message": clip(note, 900),  # the API server's limit is 1024 bytes
         "type": "Normal" if decision.result == "injected" else "Warning",
         "source": {"component": component},
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar import annotations as ann
+from sidecar.annotations import clip
 from webhook import reasons
 from webhook.podview import MIRROR_ANNOTATION, Obj, annotations_of, has_sidecar, labels_of, spec
 from webhook.reasons import Result
@@ -60,7 +61,7 @@ def decide(pod: Obj, namespace: str, namespace_obj: Obj, settings: Settings) -> 
         return skipped(never)
     try:
         pod_setting = inject_setting(pod, "pod")
-        ns_setting = inject_setting(namespace_obj, f"namespace '{namespace}'")
+        ns_setting = inject_setting(namespace_obj, f"namespace '{clip(namespace)}'")
     except SettingError as err:
         return rejected(err.reason, str(err))
     wanted = pod_setting if pod_setting is not None else ns_setting
@@ -137,7 +138,8 @@ def inject_setting(obj: Obj, where: str) -> bool | None:
         try:
             found[kind] = ann.parse_bool(ann.INJECT, values[ann.INJECT])
         except ann.AnnotationError as err:
-            message = f"{where}: invalid value '{err.value}' for {kind} '{ann.INJECT}': {err.why}"
+            message = (f"{where}: invalid value '{clip(err.value)}' for {kind} "
+                       f"'{ann.INJECT}': {err.why}")
             raise SettingError(reasons.INVALID_ANNOTATION, message) from None
     if len(set(found.values())) > 1:
         raise SettingError(

@@ -20,6 +20,7 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from sidecar.annotations import clip
 from webhook import admission, metrics
 from webhook.admission import Handled, NamespaceLookup
 from webhook.errors import BodyTooLarge, WebhookError
@@ -94,7 +95,7 @@ class Reviewer:
         except WebhookError as err:
             return refuse(err)
         except Exception as err:  # a bug: the API server applies failurePolicy to a 500
-            return refuse(WebhookError(f"internal error: {type(err).__name__}: {err}",
+            return refuse(WebhookError(f"internal error: {type(err).__name__}: {clip(str(err))}",
                                        status=500), bug=True)
         metrics.LATENCY.observe(time.perf_counter() - started)
         _record(handled, time.perf_counter() - started)
@@ -117,7 +118,7 @@ def refuse(err: WebhookError, bug: bool = False) -> tuple[int, bytes]:
 
 def _read_body(limit: int) -> bytes:
     if request.mimetype != "application/json":
-        raise WebhookError(f"invalid Content-Type '{request.content_type}': "
+        raise WebhookError(f"invalid Content-Type '{clip(str(request.content_type))}': "
                            "expected application/json", status=415)
     try:
         return request.get_data(cache=False)
@@ -144,9 +145,10 @@ def _record(handled: Handled, seconds: float) -> None:
     dry_run = bool(req.get("dryRun"))
     metrics.DECISIONS.labels(decision.result, decision.reason, str(dry_run).lower()).inc()
     fields: dict[str, object] = {
-        "uid": req.get("uid"),
-        "namespace": req.get("namespace"),
-        "pod": display_name(req.get("object") or {}),
+        # What the request says is echoed clipped (the decision's message already is).
+        "uid": clip(str(req.get("uid"))),
+        "namespace": clip(str(req.get("namespace"))),
+        "pod": clip(display_name(req.get("object") or {})),
         "result": decision.result,
         "reason": decision.reason,
         "dryRun": dry_run,

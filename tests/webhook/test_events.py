@@ -49,3 +49,12 @@ def test_event_for_decision(decision: Decision, owners: list[dict[str, Any]], dr
     assert body["metadata"]["namespace"] == "shop"
     assert "client-7d9f8-*" in body["message"] and decision.message in body["message"]
     assert body["type"] == ("Warning" if decision.result == "rejected" else "Normal")
+
+
+def test_echoed_values_are_clipped() -> None:
+    long_pod = pod([OWNER])
+    long_pod["metadata"]["generateName"] = "g" * 100_000
+    body = build(review(long_pod, "shop", False)["request"],
+                 Decision("rejected", "invalid_annotation", "m" * 10_000), "shardmesh-webhook")
+    assert body is not None
+    assert len(body["message"].encode()) <= 1024 and "more bytes]" in body["message"]

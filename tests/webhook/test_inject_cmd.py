@@ -138,3 +138,19 @@ def test_command_line_entry_point() -> None:
                           input=yaml.safe_dump(pod), capture_output=True, text=True, check=False)
     assert proc.returncode == 1
     assert "invalid value 'maybe' for annotation 'shard.io/inject'" in proc.stderr
+
+
+def test_a_huge_value_is_not_echoed_in_full(tmp_path: Path) -> None:
+    value = "x" * (1024 * 1024)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "p" * 10_000, "namespace": "shop",
+                        "annotations": {"shard.io/inject": "true",
+                                        "shard.io/backend": "sharded-svc:8080",
+                                        "shard.io/key": value}},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    code, out, err = run(["-f", str(path)])
+    assert code == 1 and out == ""
+    assert len(err) < 2000, len(err)
+    assert "more bytes]' for annotation 'shard.io/key'" in err

@@ -69,7 +69,16 @@ def with_request(**changes: Any) -> bytes:
                      400, "has no request", id="no-request"),
         pytest.param(with_request(uid=""), 400, "has no uid", id="empty-uid"),
         pytest.param(with_request(uid=None), 400, "has no uid", id="null-uid"),
-        pytest.param(with_request(object=None), 400, "has no object", id="no-object"),
+        pytest.param(with_request(object="pod"), 400, "'object' is not a JSON object",
+                     id="object-not-an-object"),
+        pytest.param(with_request(kind="Pod"), 400, "'kind' is not a JSON object",
+                     id="kind-not-an-object"),
+        pytest.param(with_request(operation=5), 400, "'operation' is not a string",
+                     id="operation-not-a-string"),
+        pytest.param(with_request(namespace=["shop"]), 400, "'namespace' is not a string",
+                     id="namespace-not-a-string"),
+        pytest.param(with_review(kind="x" * 50_000), 400, "...[49802 more bytes]",
+                     id="echo-clipped"),
         pytest.param(b"x" * (65 * 1024), 413, "larger than 65536 bytes", id="too-large"),
     ],
 )
@@ -114,6 +123,55 @@ def test_anything_but_pod_create_passes_untouched(client: FlaskClient,
                          content_type="application/json").get_json()["response"]
     assert answer["allowed"] is True and "patch" not in answer
     assert answer["auditAnnotations"]["decision"] == "skipped: not_pod_create"
+
+
+def api_server_review(operation: str, obj: Any, old: Any, sub: str = "") -> bytes:
+    """A review as the API server sends it for ``operation`` (it sends ``object``
+    and ``oldObject`` as null where there is none, and no ``subResource`` key
+    unless there is one)."""
+    body = review(POD, "shop", False)
+    body["request"].update(operation=operation, object=obj, oldObject=old, options=None)
+    if sub:
+        body["request"]["subResource"] = sub
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(api_server_review("DELETE", None, POD), id="delete"),
+        pytest.param(api_server_review("UPDATE", POD, POD), id="update"),
+        pytest.param(api_server_review("CONNECT", {"kind": "PodExecOptions",
+                                                   "command": ["sh"]}, None, "exec"),
+                     id="connect-exec"),
+        pytest.param(api_server_review("CREATE", None, None), id="create-without-object"),
+    ],
+)
+def test_other_operations_as_the_api_server_sends_them_are_allowed(
+        client: FlaskClient, body: bytes) -> None:
+    """A user may widen the webhook's operations; none of them is a broken review."""
+    resp = client.post("/mutate", data=body, content_type="application/json")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    answer = resp.get_json()["response"]
+    assert answer["allowed"] is True and "patch" not in answer
+    assert answer["auditAnnotations"]["decision"] == "skipped: not_pod_create"
+
+
+def test_a_huge_annotation_value_is_not_echoed_in_full(
+        lane: bool, caplog: pytest.LogCaptureFixture) -> None:
+    value = "x" * (1024 * 1024)
+    pod = {**POD, "metadata": {**POD["metadata"], "annotations": {
+        "shard.io/inject": "true", "shard.io/backend": "svc:8080", "shard.io/timeout": value}}}
+    app = create_app(Settings(), lambda _ns: {}, lane=lane).test_client()
+    with caplog.at_level(logging.INFO, logger="shardmesh.webhook"):
+        resp = app.post("/mutate", json=review(pod, "shop", False))
+    answer = resp.get_json()["response"]
+    message = answer["status"]["message"]
+    assert answer["allowed"] is False and len(message) < 1000
+    assert message.startswith("invalid value 'xxxxx")
+    assert f"...[{len(value) - 200} more bytes]' for annotation 'shard.io/timeout'" in message
+    logged = [r for r in caplog.records if r.getMessage() == "decision"]
+    assert logged and len(str(logged[-1].fields)) < 2000  # type: ignore[attr-defined]
 
 
 def test_decisions_are_counted_logged_and_dry_run_labelled(

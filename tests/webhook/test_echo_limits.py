@@ -1,4 +1,5 @@
-"""``logs.Throttle``: one line a second per kind of event, and the count of the rest."""
+"""Limits on what a client can make the webhook write: ``clip`` for values that
+messages repeat, ``logs.Throttle`` for events a client can cause by the thousand."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ import logging
 
 import pytest
 
+from sidecar.annotations import AnnotationError, clip
 from webhook import logs
+
+
+def test_clip_keeps_short_text_and_says_how_many_bytes_it_cut() -> None:
+    assert clip("x" * 200) == "x" * 200
+    assert clip("x" * 201) == "x" * 200 + "...[1 more bytes]"
+    assert clip("é" * 300) == "é" * 200 + "...[200 more bytes]"  # UTF-8 bytes
+
+
+def test_annotation_errors_clip_the_value_and_the_pieces_they_quote() -> None:
+    err = AnnotationError("shard.io/key", "header:" + "y" * 10_000, "why " + "z" * 10_000)
+    assert len(str(err)) < 700
+    assert err.value == "header:" + "y" * 10_000  # kept whole for the code
 
 
 @pytest.fixture
