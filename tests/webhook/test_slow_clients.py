@@ -209,3 +209,32 @@ def test_a_trickled_body_is_cut_off(certdir: Path) -> None:
     entries = json_lines(hook, "request timed out")
     assert entries and entries[0]["msg"] == "request timed out"
     assert "Traceback" not in hook.logs()
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_a_trickled_client_hello_is_cut_off(certdir: Path, worker_class: str) -> None:
+    """A socket timeout bounds each read, not the handshake: one byte of a ClientHello
+    at a time would hold the connection (and, in gthread, a thread) for ever."""
+    hook = start(certdir, f"hello-{worker_class}", "--worker-class", worker_class,
+                 "--handshake-timeout-s", str(HANDSHAKE_TIMEOUT))
+    try:
+        raw = socket.create_connection((serving.HOST, hook.port), timeout=0.3)
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64
+        started, closed_after = time.monotonic(), None
+        for byte in hello:
+            try:
+                raw.sendall(bytes([byte]))
+                if raw.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        raw.close()
+        assert closed_after is not None and closed_after <= HANDSHAKE_TIMEOUT + 1.5
+    finally:
+        hook.stop()
+    assert "Traceback" not in hook.logs()
+    assert {e["reason"] for e in json_lines(hook, "handshake")} == {"timeout"}
