@@ -245,3 +245,37 @@ def test_replicas_share_one_secret_rotate_and_fail_open(
     assert not pod.spec.init_containers and len(pod.spec.containers) == 1
     assert time.monotonic() - started < 10
     clusterhook.unregister(api, reg)
+
+
+def test_widened_operations_are_allowed_not_refused(webhook: LocalWebhook,
+                                                    namespace: str) -> None:
+    """A user may register the webhook for more than CREATE. The API server then sends
+    UPDATE and DELETE reviews (DELETE with ``object: null``); with failurePolicy Fail
+    a 400 would refuse them, so they must be allowed untouched."""
+    admission = client.AdmissionregistrationV1Api(webhook.api)
+    config = admission.read_mutating_webhook_configuration(webhook.reg.config_name)
+    original = [(h.failure_policy, [r.operations for r in h.rules]) for h in config.webhooks]
+    for hook in config.webhooks:
+        hook.failure_policy = "Fail"
+        for rule in hook.rules:
+            rule.operations = ["CREATE", "UPDATE", "DELETE"]
+    admission.replace_mutating_webhook_configuration(webhook.reg.config_name, config)
+    try:
+        clusterhook.label_namespace(webhook.api, namespace, webhook.reg,
+                                    {"shard.io/inject": "true"})
+        time.sleep(1)  # the API server picks up webhook configuration changes within ~1 s
+        core = client.CoreV1Api(webhook.api)
+        core.create_namespaced_pod(namespace, pod_manifest("widened", BACKEND))
+        core.patch_namespaced_pod("widened", namespace, {"metadata": {"labels": {"x": "y"}}})
+        core.delete_namespaced_pod("widened", namespace, grace_period_seconds=0)
+        skipped = [d for d in webhook.hook.decisions()
+                   if d["reason"] == "not_pod_create" and d["namespace"] == namespace]
+        assert len(skipped) >= 2, skipped  # the UPDATE and the DELETE reached the webhook
+        assert '"status":400' not in webhook.hook.logs()
+    finally:
+        config = admission.read_mutating_webhook_configuration(webhook.reg.config_name)
+        for hook, (policy, operations) in zip(config.webhooks, original, strict=True):
+            hook.failure_policy = policy
+            for rule, ops in zip(hook.rules, operations, strict=True):
+                rule.operations = ops
+        admission.replace_mutating_webhook_configuration(webhook.reg.config_name, config)
