@@ -3,14 +3,17 @@
 # pyproject.toml. Commit what changes; everything else only reads them:
 #   runtime.txt  what the product needs at run time (the image, the wheel tests)
 #   dev.txt      runtime.txt's pins plus the test tools (the Makefile's .venv)
-#   build.txt    pyproject.toml's build-system.requires (pip's isolated build
-#                environment, through PIP_CONSTRAINT: make, the Dockerfile, CI)
+#   build.txt    pyproject.toml's build-system.requires, for pip's isolated
+#                build environment through PIP_CONSTRAINT (make, the Dockerfile,
+#                CI). Exact versions but no hashes: a constraint with hashes puts
+#                pip in hash-checking mode for the project itself, and a local
+#                directory has no hash ("Can't verify hashes ... point to directories").
 # Pass UPGRADE=1 (make lock UPGRADE=1) to move every pin to the newest release;
 # without it, pins already in the files are kept where they still fit.
 set -euo pipefail
 cd "$(dirname "$0")"
 UV=${UV:-uv}
-args=(--quiet --generate-hashes --python-version 3.11 --python-platform linux
+args=(--quiet --python-version 3.11 --python-platform linux
       --no-header --annotation-style line)
 [[ ${UPGRADE:-0} == 1 ]] && args+=(--upgrade)
 
@@ -37,9 +40,9 @@ with open("../pyproject.toml", "rb") as f:
 PY
 
 compile runtime.txt "Runtime dependencies: pip install --require-hashes -r requirements/runtime.txt" \
-  ../pyproject.toml
+  ../pyproject.toml --generate-hashes
 compile dev.txt "Runtime and test dependencies (the .venv): same pins as runtime.txt" \
-  ../pyproject.toml --extra test -c runtime.txt
+  ../pyproject.toml --extra test -c runtime.txt --generate-hashes
 compile build.txt "Build dependencies: PIP_CONSTRAINT=requirements/build.txt pip wheel ." \
   build.in -c runtime.txt
 rm -f build.in
