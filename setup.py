@@ -59,7 +59,14 @@ def c_compiler_problem() -> str | None:
     return None
 
 
+#: The commands that build extensions; the others (egg_info, dist_info, sdist: the
+#: metadata steps of an isolated build) skip mypyc's type check and code generation.
+BUILDS = {"build", "build_ext", "bdist_wheel", "bdist", "install", "develop", "editable_wheel"}
+
+
 def ext_modules() -> list[object]:
+    if not BUILDS.intersection(sys.argv[1:]):
+        return []
     if os.environ.get("SHARDMESH_PURE_PYTHON") == "1":
         say("sidecar data plane: plain Python (SHARDMESH_PURE_PYTHON=1)")
         return []

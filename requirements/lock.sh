@@ -2,7 +2,8 @@
 # `make lock`: re-resolves the pinned, hash-checked dependency files from
 # pyproject.toml. Commit what changes; everything else only reads them:
 #   runtime.txt  what the product needs at run time (the image, the wheel tests)
-#   dev.txt      runtime.txt's pins plus the test tools (the Makefile's .venv)
+#   dev.txt      runtime.txt's pins plus the test tools and build.txt's build
+#                dependencies (the Makefile's .venv: make compile builds in it)
 #   build.txt    pyproject.toml's build-system.requires, for pip's isolated
 #                build environment through PIP_CONSTRAINT (make, the Dockerfile,
 #                CI). Exact versions but no hashes: a constraint with hashes puts
@@ -41,9 +42,9 @@ PY
 
 compile runtime.txt "Runtime dependencies: pip install --require-hashes -r requirements/runtime.txt" \
   ../pyproject.toml --generate-hashes
-compile dev.txt "Runtime and test dependencies (the .venv): same pins as runtime.txt" \
-  ../pyproject.toml --extra test -c runtime.txt --generate-hashes
 compile build.txt "Build dependencies: PIP_CONSTRAINT=requirements/build.txt pip wheel ." \
   build.in -c runtime.txt
+compile dev.txt "The .venv: runtime.txt, the test tools and build.txt, at the same pins" \
+  ../pyproject.toml build.in --extra test -c runtime.txt -c build.txt --generate-hashes
 rm -f build.in
 echo "requirements/{runtime,dev,build}.txt updated; review and commit them" >&2
