@@ -70,9 +70,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """tests/smoke tests an installed product: collected only when given one."""
-    if collection_path.name == "smoke" and collection_path.parent.name == "tests":
-        if not (config.getoption("shardmesh") or config.getoption("image")):
-            return True
+    given = config.getoption("shardmesh") or config.getoption("image")
+    if collection_path.name == "smoke" and collection_path.parent.name == "tests" and not given:
+        return True
     return None
 
 

@@ -51,8 +51,8 @@ class Product:
         """``docker run`` as the manifests run the image: non-root 65532, read-only root
         filesystem, no capabilities, no privilege escalation; host network, loopback only."""
         assert self.image is not None
-        argv = [os.environ.get("SHARDMESH_DOCKER", "docker"), "run", "--rm", "--network", "host", "--read-only",
-                "--user", "65532:65532", "--cap-drop", "ALL",
+        argv = [os.environ.get("SHARDMESH_DOCKER", "docker"), "run", "--rm",
+                "--network", "host", "--read-only", "--user", "65532:65532", "--cap-drop", "ALL",
                 "--security-opt", "no-new-privileges",
                 "-v", f"{self.workdir}:{self.workdir}:ro", "--workdir", "/"]
         if stdin:

@@ -22,8 +22,9 @@ sdist=$(ls "$work"/dist/shardmesh-*.tar.gz)
 wheel=$(ls "$work"/dist/shardmesh-*.whl)
 step "built $(basename "$sdist") and, from it, $(basename "$wheel")"
 case $wheel in *-py3-none-any.whl) echo "the wheel is not compiled: $wheel" >&2; exit 1;; esac
+listing=$(tar -tzf "$sdist")
 for f in setup.py pyproject.toml README.md sidecar/proxy.py webhook/worker.py; do
-  tar -tzf "$sdist" | grep -qx "shardmesh-[^/]*/$f" || { echo "sdist lacks $f" >&2; exit 1; }
+  grep -qx "shardmesh-[^/]*/$f" <<< "$listing" || { echo "sdist lacks $f" >&2; exit 1; }
 done
 
 CC=false "$VENV/bin/python" -m pip wheel -q --no-deps -w "$work/plain" "$REPO" \
