@@ -66,7 +66,7 @@ wheel: venv
 # Re-resolve requirements/*.txt from pyproject.toml (UPGRADE=1: newest releases).
 lock: venv
 	$(BIN)/python -m pip install -q 'uv>=0.5'
-	UV=$(BIN)/uv bash requirements/lock.sh
+	UV=$(abspath $(BIN))/uv bash requirements/lock.sh
 
 unit: venv compile
 	$(BIN)/pytest -m "not cluster"

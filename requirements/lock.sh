@@ -34,6 +34,7 @@ compile() {  # output, description, uv arguments...
 }
 
 # build-system.requires, as a requirements file uv can read.
+trap 'rm -f build.in' EXIT
 python3 - > build.in <<'PY'
 import tomllib
 with open("../pyproject.toml", "rb") as f:
