@@ -1,32 +1,64 @@
-# syntax=docker/dockerfile:1
 # One image for both halves: `shardmesh webhook` (the injector) and
-# `shardmesh sidecar` (the injected shard-router).
+# `shardmesh sidecar` (the injected shard-router). Plain BuildKit, no image
+# registry besides the one the base comes from (README, "The image"):
 #
 #   docker build -t ghcr.io/shardmesh/shardmesh:0.1.0 .
+#   docker build --build-arg BASE=shardmesh-base:bookworm-... .   # a local base (make image)
+#
+# BASE is any Debian-like image with python3 (3.11) and its venv module:
+# python:3.11-slim (python in /usr/local) or a debootstrapped bookworm with
+# Debian's python3 and python3-venv. Both stages use it, so the venv that is
+# built in one and copied to the other finds the same interpreter.
+ARG BASE=python:3.11-slim
 
-# --- builder: wheels for the project and all its dependencies ----------------
-FROM python:3.11-slim AS builder
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-# A C compiler for mypyc, which compiles the sidecar's data plane (setup.py).
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+# --- builder: a venv at /opt/shardmesh with the pinned dependencies and the wheel
+FROM ${BASE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+# A C compiler for mypyc, which compiles the sidecar's data plane (setup.py),
+# and Python's headers where the base has none (Debian's python3).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+         apt-get install -y --no-install-recommends python3-dev; fi \
     && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/shardmesh
 WORKDIR /src
+# The runtime dependencies, exactly as pinned and hash-checked (make lock).
+# The optional secret `pip-cert` is a CA bundle for pip where HTTPS goes
+# through an intercepting proxy (make image passes the host's).
+COPY requirements/runtime.txt requirements/build.txt requirements/
+RUN --mount=type=secret,id=pip-cert --mount=type=cache,target=/root/.cache/pip \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && /opt/shardmesh/bin/pip install --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml setup.py README.md ./
 COPY shardmesh ./shardmesh
 COPY webhook ./webhook
 COPY sidecar ./sidecar
-RUN pip wheel --wheel-dir /wheels .
+# The wheel, built in pip's isolated environment with the pinned build
+# dependencies; the image must get the compiled data plane, not the fallback.
+# Then what the image never runs: pip, setuptools, kubernetes' asyncio client
+# (kubernetes.aio, 68 MB; shardmesh uses the synchronous one), type stubs, and
+# the shared libraries' symbol tables.
+RUN --mount=type=secret,id=pip-cert --mount=type=cache,target=/root/.cache/pip \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && SHARDMESH_REQUIRE_COMPILED=1 PIP_CONSTRAINT=/src/requirements/build.txt \
+       /opt/shardmesh/bin/pip wheel --no-deps --wheel-dir /wheels . \
+    && /opt/shardmesh/bin/pip install --no-deps /wheels/shardmesh-*.whl \
+    && cd / && /opt/shardmesh/bin/python -c 'import sidecar; assert sidecar.compiled(), "plain Python"' \
+    && /opt/shardmesh/bin/pip uninstall -y -q pip setuptools \
+    && site=$(/opt/shardmesh/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+    && rm -rf "$site/kubernetes/aio" \
+    && find /opt/shardmesh -name '*.pyi' -delete \
+    && find /opt/shardmesh -name '*.so' -exec strip --strip-unneeded {} +
 
-# --- runtime: only the installed wheels, no compilers, no pip cache -----------
-FROM python:3.11-slim AS runtime
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels shardmesh \
-    && groupadd --system --gid 65532 nonroot \
-    && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin nonroot
+# --- runtime: the base and the venv; no compiler, no pip ---------------------
+FROM ${BASE} AS runtime
+COPY --from=builder /opt/shardmesh /opt/shardmesh
+ENV PATH=/opt/shardmesh/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
 # 8443: webhook HTTPS. 15001: sidecar data (loopback only). 15020: sidecar admin.
 EXPOSE 8443 15020
+# The manifests' user (runAsUser/runAsGroup 65532); no passwd entry is needed.
 USER 65532:65532
 ENTRYPOINT ["shardmesh"]
 CMD ["--help"]

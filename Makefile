@@ -6,15 +6,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster bench bench-webhook bench-sidecar bench-instructions golden clean
+.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster bench bench-webhook bench-sidecar bench-instructions golden clean lock wheel smoke smoke-wheel smoke-image image
 
-$(STAMP): pyproject.toml
+# The venv holds exactly the pinned, hash-checked requirements/dev.txt (the
+# runtime pins of requirements/runtime.txt, the test tools, and the build
+# dependencies make compile uses); `make lock` updates the pins.
+$(STAMP): pyproject.toml requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# setuptools too: make compile runs setup.py with the venv's own (pyproject needs >= 77).
-	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.txt
 	# The editable install puts the project root on sys.path (pyproject.toml's
 	# package-dir says why); make compile builds the data plane in place.
-	SHARDMESH_PURE_PYTHON=1 $(BIN)/python -m pip install -q -e '.[test]'
+	SHARDMESH_PURE_PYTHON=1 $(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 venv: $(STAMP)
@@ -39,6 +41,32 @@ test: venv compile cluster-bins
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+	@$(MAKE) --no-print-directory smoke
+
+# The installed product, not the source tree (tests/smoke): the wheel built in
+# isolation and installed in a fresh venv with the pinned runtime dependencies
+# only, then the image under the manifests' securityContext.
+smoke: smoke-wheel smoke-image
+
+smoke-wheel: venv
+	@bash tests/smoke/wheel.sh
+
+smoke-image: venv
+	@bash tests/image/smoke.sh
+
+# The image (tests/image/build.sh): IMAGE=... to tag it, BASE=... for the base;
+# without python:3.11-slim locally, a Debian bookworm base is made here.
+image:
+	@bash tests/image/build.sh
+
+# sdist and wheel in dist/, built as users build them (isolated, pinned build deps).
+wheel: venv
+	PIP_CONSTRAINT=requirements/build.txt $(BIN)/python -m build --outdir dist .
+
+# Re-resolve requirements/*.txt from pyproject.toml (UPGRADE=1: newest releases).
+lock: venv
+	$(BIN)/python -m pip install -q 'uv>=0.5'
+	UV=$(abspath $(BIN))/uv bash requirements/lock.sh
 
 unit: venv compile
 	$(BIN)/pytest -m "not cluster"
@@ -75,5 +103,5 @@ bench-instructions: venv compile
 	$(BIN)/python bench/sidecar_instructions.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build $(COMPILED_STAMP)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist $(COMPILED_STAMP)
 	rm -f sidecar/*.so *__mypyc*.so

@@ -2,14 +2,24 @@
 
 The listed modules are ordinary, mypy --strict Python. mypyc turns them into C
 extensions, which roughly halves the proxy's CPU per request (bench/sidecar.py).
-Without a C compiler, or with SHARDMESH_PURE_PYTHON=1, the same modules run as
-plain Python, only slower.
+Without a working C compiler (or without Python's headers), or with
+SHARDMESH_PURE_PYTHON=1, the same modules are installed as plain Python, only
+slower; SHARDMESH_REQUIRE_COMPILED=1 turns that fallback into an error (the
+Dockerfile and ``make test`` set it). Which one was built is printed here, shows
+in the wheel's name (``cp311-...-linux_x86_64`` compiled, ``py3-none-any`` plain),
+and at run time in ``shardmesh --version`` and the sidecar's start-up line.
+
+mypyc type-checks the modules first, so everything they import must be present
+in the build environment: pyproject.toml's ``build-system.requires`` lists it.
 ``make compile`` (part of ``make test``) builds them in place for development.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 from setuptools import setup
 
@@ -27,11 +37,48 @@ COMPILED = [
 ]
 
 
+def say(message: str) -> None:
+    print(f"shardmesh build: {message}", file=sys.stderr, flush=True)
+
+
+def c_compiler_problem() -> str | None:
+    """Why a C extension cannot be built here (no compiler, no Python.h), or None."""
+    from distutils.ccompiler import new_compiler
+    from distutils.sysconfig import customize_compiler, get_python_inc
+
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.c"
+        probe.write_text("#include <Python.h>\nint main(void) { return 0; }\n")
+        try:
+            compiler.compile([str(probe)], output_dir=tmp, include_dirs=[get_python_inc()])
+        except Exception as exc:  # CompileError, whose class varies with setuptools' version
+            return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+#: The commands that build extensions; the others (egg_info, dist_info, sdist: the
+#: metadata steps of an isolated build) skip mypyc's type check and code generation.
+BUILDS = {"build", "build_ext", "bdist_wheel", "bdist", "install", "develop", "editable_wheel"}
+
+
 def ext_modules() -> list[object]:
+    if not BUILDS.intersection(sys.argv[1:]):
+        return []
     if os.environ.get("SHARDMESH_PURE_PYTHON") == "1":
+        say("sidecar data plane: plain Python (SHARDMESH_PURE_PYTHON=1)")
+        return []
+    problem = c_compiler_problem()
+    if problem is not None:
+        if os.environ.get("SHARDMESH_REQUIRE_COMPILED") == "1":
+            raise SystemExit(f"shardmesh build: SHARDMESH_REQUIRE_COMPILED=1 but no C extension "
+                             f"can be built here: {problem}")
+        say(f"sidecar data plane: plain Python (no usable C compiler: {problem})")
         return []
     from mypyc.build import mypycify
 
+    say("sidecar data plane: compiled with mypyc")
     return list(mypycify(COMPILED, opt_level="3"))
 
 

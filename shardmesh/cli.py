@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if args else 2
     if args[0] == "--version":
-        from sidecar import __version__
+        from sidecar import __version__, compiled
 
-        print(f"shardmesh {__version__}")
+        plane = "compiled" if compiled() else "plain"
+        print(f"shardmesh {__version__} (sidecar data plane: {plane})")
         return 0
     entry = COMMANDS.get(args[0])
     if entry is None:

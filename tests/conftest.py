@@ -59,6 +59,23 @@ def pytest_configure(config: pytest.Config) -> None:
                     "(or delete sidecar/*.so to test the plain Python)", returncode=4)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("shardmesh smoke (tests/smoke: the installed product)")
+    group.addoption("--shardmesh", metavar="PATH",
+                    help="the installed 'shardmesh' to smoke-test (a wheel's venv)")
+    group.addoption("--image", metavar="NAME", help="the image to smoke-test under docker")
+    group.addoption("--data-plane", choices=("compiled", "plain"), default="compiled",
+                    help="the data plane the install must report (default: compiled)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/smoke tests an installed product: collected only when given one."""
+    given = config.getoption("shardmesh") or config.getoption("image")
+    if collection_path.name == "smoke" and collection_path.parent.name == "tests" and not given:
+        return True
+    return None
+
+
 def pytest_report_header() -> str:
     import sidecar
 

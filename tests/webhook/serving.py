@@ -96,22 +96,25 @@ class Webhook:
 
 def start(args: Sequence[str], log: Path, port: int | None = None,
           env: dict[str, str] | None = None, wait: float = 30.0, host: str = HOST,
-          prefix: Sequence[str] = ()) -> Webhook:
+          prefix: Sequence[str] = (), command: Sequence[str] | None = None,
+          cwd: Path | None = None) -> Webhook:
     """Start ``shardmesh webhook`` and wait until ``/readyz`` answers over TLS."""
-    return wait_ready(spawn(args, log, port, env, host, prefix), wait)
+    return wait_ready(spawn(args, log, port, env, host, prefix, command, cwd), wait)
 
 
 def spawn(args: Sequence[str], log: Path, port: int | None = None,
           env: dict[str, str] | None = None, host: str = HOST,
-          prefix: Sequence[str] = ()) -> Webhook:
+          prefix: Sequence[str] = (), command: Sequence[str] | None = None,
+          cwd: Path | None = None) -> Webhook:
     """Start ``shardmesh webhook`` on ``host`` without waiting; ``prefix`` goes before the
-    command line (e.g. ``ip netns exec NAME``, which execs the command, so the pid is its)."""
+    command line (e.g. ``ip netns exec NAME``, which execs the command, so the pid is its).
+    ``command`` replaces ``python -m shardmesh`` (tests/smoke: an installed ``shardmesh``)."""
     port = port or free_port()
-    argv = [*prefix, sys.executable, "-m", "shardmesh", "webhook", "--host", host,
-            "--port", str(port), *args]
+    shardmesh = list(command) if command is not None else [sys.executable, "-m", "shardmesh"]
+    argv = [*prefix, *shardmesh, "webhook", "--host", host, "--port", str(port), *args]
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                env=env if command is not None else {**os.environ, **(env or {})})
     return Webhook(proc, port, log, host)
 
 
