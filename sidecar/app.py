@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
 import sys
 import time
@@ -168,11 +169,14 @@ class Sidecar:
         """Client idle timeout: a counter per connection, reset by each read and
         bumped by a sweep here, so the request path pays one store, not a timer."""
         timeout = self.settings.client_idle_seconds
-        interval = min(1.0, timeout / 4)
+        head = self.settings.client_head_seconds
+        interval = min(1.0, timeout / 4, head / 4)
         sweeps = max(1, round(timeout / interval))
+        # A head starts between two sweeps: one more makes the deadline a minimum.
+        head_sweeps = math.ceil(head / interval - 1e-9) + 1
         while True:
             await asyncio.sleep(interval)
-            self.ctx.close_idle(sweeps)
+            self.ctx.close_idle(sweeps, head_sweeps)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--client-idle-timeout", type=float, default=60.0, metavar="S",
                         help="close a client connection that sends nothing for S seconds "
                              "between requests or inside a request head (default 60)")
+    common.add_argument("--client-head-timeout", type=float, default=10.0, metavar="S",
+                        help="answer 408 and close when a request head has not arrived whole "
+                             "S seconds after its first byte (default 10)")
     common.add_argument("--max-json-body", type=int, default=1 << 20, metavar="BYTES",
                         help="largest body read to extract a json: key (default 1 MiB; 413 beyond)")
     common.add_argument("--log-level", default="info",

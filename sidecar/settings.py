@@ -66,6 +66,9 @@ class Settings:
     #: A client connection that sends nothing for this long while no request of
     #: its is in progress (idle keep-alive, or a request head that stalls) is closed.
     client_idle_seconds: float = 60.0
+    #: A request head must arrive whole within this long of its first byte (408 beyond),
+    #: however steadily it trickles in.
+    client_head_seconds: float = 10.0
 
     @property
     def static(self) -> bool:
@@ -122,6 +125,10 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise SettingsError(
             f"invalid value '{args.client_idle_timeout}' for --client-idle-timeout: "
             "expected seconds > 0")
+    if args.client_head_timeout <= 0:
+        raise SettingsError(
+            f"invalid value '{args.client_head_timeout}' for --client-head-timeout: "
+            "expected seconds > 0")
     return Settings(
         listen=parse_hostport("--listen", args.listen),
         admin=None if args.admin == "off" else parse_hostport("--admin", args.admin),
@@ -132,6 +139,7 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         pod_namespace=namespace,
         drain_seconds=args.drain_seconds,
         client_idle_seconds=args.client_idle_timeout,
+        client_head_seconds=args.client_head_timeout,
         max_json_body=args.max_json_body,
         static_probe_seconds=args.static_probe,
         log_level=args.log_level,
