@@ -77,7 +77,8 @@ class Settings:
 
 def parse_hostport(flag: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isascii() or not port.isdigit() or len(port) > 5 \
+            or not 0 <= int(port) <= 65535:
         raise SettingsError(f"invalid value '{value}' for {flag}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -116,14 +116,12 @@ def test_an_endless_trailer_section_is_refused(proxy: SidecarThread,
             for _ in range(200):
                 sock.sendall(b"a" * 8192)
         except OSError:
-            pass
-        with pytest.raises(OSError):
-            for _ in range(100):
-                if not (data := sock.recv(65536)):
-                    break
+            pass  # the sidecar closed on us: the answer may be in the receive buffer
+        try:
+            while data := sock.recv(65536):
                 answer += data
-            else:
-                raise OSError
+        except OSError:
+            pass
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
 
 
