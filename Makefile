@@ -77,8 +77,13 @@ cluster: venv compile cluster-bins
 # The fuzz tests (tests/sidecar/test_fuzz.py) with a long budget: FUZZ_EXAMPLES per
 # test (make test runs them with 40). Failures print the smallest input found.
 FUZZ_EXAMPLES ?= 2000
+# Then, if atheris is installed, coverage-guided runs of the parsers (tests/sidecar/fuzz_atheris.py).
+ATHERIS_RUNS ?= 1000000
 fuzz: venv compile
-	SHARDMESH_FUZZ=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz -p no:randomly --hypothesis-show-statistics -q
+	SHARDMESH_FUZZ=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --hypothesis-show-statistics -q
+	@if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+		$(BIN)/python -m tests.sidecar.fuzz_atheris -runs=$(ATHERIS_RUNS) -max_len=2048; \
+	else echo "make fuzz: atheris is not installed ($(BIN)/pip install atheris): skipped"; fi
 
 lint: venv
 	$(BIN)/ruff check .

@@ -328,3 +328,11 @@ def test_downward_file_escape_past_unicode_names_its_line() -> None:
     """``\\U00110000`` is past U+10FFFF (found by reading what fuzzing pointed at)."""
     with pytest.raises(ValueError, match="line 2"):
         ann.parse_downward_file('a="x"\nb="\\U00110000"\n')
+
+
+@pytest.mark.parametrize("value", ["h:²", "h:" + "9" * 5000])
+def test_listen_ports_that_int_refuses_are_settings_errors(value: str) -> None:
+    from sidecar.settings import SettingsError, parse_hostport
+
+    with pytest.raises(SettingsError):
+        parse_hostport("--listen", value)
