@@ -128,10 +128,11 @@ class Exchange:
                                                          state.key_spelling)
         else:
             hosts, host, value, other = http11.scan_head(self.head, b"", b"")
-        error = http11.check_host(hosts, host, self.http10)
-        if error is not None:
-            self.fail(error)
-            return
+        if hosts != 1 or 0x2C in host:  # check_host's common case inline: one Host, no list
+            error = http11.check_host(hosts, host, self.http10)
+            if error is not None:
+                self.fail(error)
+                return
         if state is None:
             self.no_route(name, rest, query)
             return
