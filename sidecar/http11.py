@@ -144,24 +144,13 @@ def response_special(name: bytes) -> bytes:
     return _RESPONSE_NAMES.find(name)
 
 
-def header_value(head: list[bytes], lname: bytes, usual: bytes) -> bytes | None:
-    """The first value of header ``lname`` (lower-cased; ``usual`` is its usual
-    spelling, compared first) in a head built as ``[first line, name, b": ", value,
-    CRLF, ...]``, or None."""
-    n = len(lname)
-    for i in range(1, len(head) - 3, 4):
-        name = head[i]
-        if len(name) == n and (name == usual or name.lower() == lname):
-            return head[i + 2]
-    return None
-
-
 def scan_head(head: list[bytes], lname: bytes, usual: bytes,
               ) -> tuple[int, bytes, bytes | None, bytes | None]:
-    """One pass over a head built as in ``header_value``: (how many Host fields, the
-    last Host value, the first value of header ``lname``, a later value of it that
-    differs from the first once stripped of OWS, else None). ``lname`` b"" looks for
-    no header."""
+    """One pass over a head built as ``[first line, name, b": ", value, CRLF, ...]``:
+    (how many Host fields, the last Host value, the first value of header ``lname``
+    (lower-cased; ``usual``, its usual spelling, is compared first), a later value of
+    it that differs from the first once stripped of OWS, else None). ``lname`` b""
+    looks for no header."""
     hosts = 0
     host = b""
     first: bytes | None = None
