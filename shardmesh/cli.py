@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sidecar": ("sidecar.cli", "run the routing sidecar"),
     "inject": ("shardmesh.inject_cmd", "apply the webhook's mutation offline to YAML"),
     "route": ("shardmesh.route_cmd", "print the ordinal that owns each key"),
+    "reshard": ("shardmesh.reshard_cmd", "move slots between a StatefulSet's pods (slot mode)"),
     "check": ("shardmesh.check", "check a cluster's shardmesh installation"),
     "demo": ("shardmesh.demo", "run the whole routing story locally, with no cluster"),
 }
