@@ -8,6 +8,7 @@ stdout; a refusal exits 1 with a message naming what is wrong, a bad flag 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import secrets
@@ -192,6 +193,29 @@ class Reshard:
             self.say(f"{format_slot_list(m.slots):<24} {m.source:>5} {m.target:>5}")
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Failure:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        """Best effort, on a refusal: let the next run start at once (state is all in the
+        annotations, so a batch left in flight is finished by whoever runs next)."""
+        if not self.held:
+            return
+        for _ in range(3):
+            try:
+                view, _, lease = self._read()
+            except Failure:
+                return
+            if verdict(lease, self.s.holder, self.clock()) != "mine":
+                return
+            with contextlib.suppress(Failure):
+                if self._write({LEASE: None}, view, "lease released"):
+                    return
+
+    def _run(self) -> None:
         assert self.s.to is not None
         announced = False
         while True:
