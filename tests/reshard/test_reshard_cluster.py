@@ -190,7 +190,10 @@ def test_killed_mid_batch_resumes_at_the_same_epoch(w: World,
     assert code == 0, err
     assert "handoff 16-21 0 -> 3 at epoch 3: 200" in out
     handoffs = w.state(0)["table"]["handoffs"]
-    assert handoffs and all(h == {"slots": list(range(16, 22)), "to": 3, "epoch": 3}
+    print(f"handoffs seen by ordinal 0: {handoffs}")
+    # the dead run's request may or may not have reached the backend; either way it
+    # carried the same epoch as the resumed one
+    assert 1 <= len(handoffs) <= 2 and all(h == {"slots": list(range(16, 22)), "to": 3, "epoch": 3}
                             for h in handoffs), handoffs
     smap = w.slot_map()
     assert smap.epoch == 7 and smap.assignment is not None
