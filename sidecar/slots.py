@@ -319,3 +319,4 @@ def parse(annotations: Mapping[str, str], start: int = 0) -> SlotMap | None:
                             f"slot {wrong[0]} moves from {m.source} but {ASSIGNMENT} gives it "
                             f"to {assignment.owners[wrong[0]]}")
     return SlotMap(slots, assignment, epoch, migrating)
+

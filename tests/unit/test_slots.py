@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardmesh.reshard_lease import Lease, parse_lease, verdict
+from sidecar import slot_routing as sr
 from sidecar import slots as sl
 from sidecar.shardfn import ordinal_for
 
@@ -176,3 +177,24 @@ def test_lease() -> None:
         with pytest.raises(sl.SlotError, match=why):
             parse_lease(bad)
     assert isinstance(lease, Lease)
+
+
+def test_data_plane_helpers() -> None:
+    smap = sl.parse({sl.SLOTS: "64", sl.ASSIGNMENT: "0-21:0,22-42:1,43-63:2", sl.EPOCH: "2",
+                     sl.MIGRATING: "16-21:0>3"})
+    assert smap is not None
+    assert sr.route(smap, "17", "modulo") == sr.SlotRoute(17, 0, sl.Migration(16, 21, 0, 3))
+    assert sr.route(smap, "30", "modulo") == sr.SlotRoute(30, 1, None)
+    assert sr.route(sl.SlotMap(64), "30", "modulo") == sr.SlotRoute(30, None, None)
+    assert sr.fencing_headers(smap, 30, 1) == (
+        b"X-Shard-Slot: 30\r\nX-Shard-Slots: 64\r\nX-Shard-Epoch: 2\r\nX-Shard-Ordinal: 1\r\n")
+    assert sr.refused_epoch(b"7") == 7 and sr.refused_epoch("x") is None
+    assert sr.refused_epoch(None) is None
+    flipped = sl.parse({sl.SLOTS: "64", sl.ASSIGNMENT: "0-15:0,16-21:3,22-42:1,43-63:2",
+                        sl.EPOCH: "3"})
+    assert flipped is not None
+    assert sr.supersedes(smap, flipped) == "" and sr.supersedes(None, smap) == ""
+    assert "went back from 3 to 2" in sr.supersedes(flipped, smap)
+    assert "S is fixed" in sr.supersedes(smap, sl.SlotMap(32, epoch=9))
+    assert "stayed at 3" in sr.supersedes(flipped, sl.SlotMap(64, flipped.assignment, 3,
+                                                             smap.migrating))
