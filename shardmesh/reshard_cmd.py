@@ -131,10 +131,15 @@ class Reshard:
         try:
             view = self.kube.read()
             smap = parse(view.annotations, view.start)
-            text = view.annotations.get(LEASE)
-            lease = parse_lease(text) if text else None
         except (KubeError, SlotError) as err:
             raise Failure(f"{self.what}: {err}") from None
+        text = view.annotations.get(LEASE)
+        try:
+            lease = parse_lease(text) if text else None
+        except SlotError as err:
+            if not self.s.force:
+                raise Failure(f"{self.what}: {err} (--force replaces it)") from None
+            lease = Lease("unreadable", 0.0)  # expired: taken over below
         return view, smap, lease
 
     def _port(self, view: StatefulSetView) -> int:
@@ -349,6 +354,9 @@ def main(argv: list[str]) -> int:
             job.run()
     except (Failure, KubeError) as err:
         print(f"shardmesh reshard: {err}", file=sys.stderr)
+        return 1
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        print(f"shardmesh reshard: the API server did not answer: {err}", file=sys.stderr)
         return 1
     return 0
 
