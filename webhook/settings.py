@@ -78,6 +78,10 @@ class Settings:
     #: TLS handshakes in progress per worker; at the limit the oldest one is aborted
     #: to make room, so idle connections cannot lock the API server out.
     max_handshakes: int = 100
+    #: Keep-alive connections waiting for a request, per worker (gunicorn's
+    #: worker_connections is 1000); over it the one idle longest is closed, so
+    #: connections that finish a handshake and then sit cannot fill the worker.
+    max_idle_connections: int = 500
     #: Seconds to read a request's body and answer it; a slower client is disconnected.
     request_timeout_s: float = 10.0
     #: No Kubernetes API: namespaces have no labels or annotations and
@@ -114,8 +118,9 @@ class Settings:
         for name in ("handshake_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{_flag(name)} must be more than 0")
-        if self.max_handshakes < 1 or self.max_body_bytes < 1:
-            raise ValueError("--max-handshakes and --max-body-bytes must be at least 1")
+        for name in ("max_handshakes", "max_body_bytes", "max_idle_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_flag(name)} must be at least 1, not {getattr(self, name)}")
         if self.worker_class not in WORKER_CLASSES:
             raise ValueError(f"invalid worker class '{self.worker_class}': expected "
                              + " or ".join(WORKER_CLASSES))

@@ -33,6 +33,13 @@ abort is one JSON line, at most one a second per reason (``logs.Throttle``).
 After the handshake, gunicorn bounds the wait for a request head (its
 ``keepalive``, 30 s); the body and the answer get ``request_timeout_s``, as a
 trickled body would otherwise hold its slot for ever.
+
+Why idle connections are capped: a client that completes handshakes and then
+sends nothing holds a slot for the whole keepalive, so about 35 handshakes a
+second would keep a worker's 1000 slots full. ``IdleConnections`` lets at most
+``max_idle_connections`` wait for a request at once; a new one closes the one
+that has waited longest, exactly as if its keepalive had run out (the API
+server, whose connection is the newest or busy, reconnects if it was one).
 """
 
 from __future__ import annotations
@@ -136,6 +143,63 @@ class Handshakes:
         return False
 
 
+class _IdleWait:
+    """gunicorn's wait for a request head (its ``timeout_ctx``), registered so that
+    it can be ended early: the greenlet gets its own silent Timeout thrown in,
+    which ends the wait as the keepalive running out would (no request: close)."""
+
+    __slots__ = ("owner", "timeout", "greenlet", "active")
+
+    def __init__(self, owner: IdleConnections, seconds: float) -> None:
+        self.owner, self.greenlet, self.active = owner, getcurrent(), False
+        self.timeout = Timeout(seconds, False)
+
+    def __enter__(self) -> _IdleWait:
+        self.timeout.__enter__()
+        self.active = True
+        self.owner.enter(self)
+        return self
+
+    def __exit__(self, typ: Any, value: Any, tb: Any) -> bool:
+        self.active = False
+        self.owner.leave(self)
+        return bool(self.timeout.__exit__(typ, value, tb))
+
+
+def _end_wait(wait: _IdleWait) -> None:
+    # Run by the hub, so the greenlet is parked; if its request came since it was
+    # picked, it keeps its connection.
+    if wait.active:
+        wait.greenlet.throw(wait.timeout)
+
+
+class IdleConnections:
+    """The connections of one worker waiting for a request, oldest first; at most
+    ``limit``, the one that waited longest closed to make room for a new one."""
+
+    def __init__(self, keepalive: float, limit: int, log: Throttle) -> None:
+        self.keepalive, self.limit, self.log = keepalive, limit, log
+        self._waiting: OrderedDict[_IdleWait, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def wait(self) -> _IdleWait:
+        return _IdleWait(self, self.keepalive)
+
+    def enter(self, wait: _IdleWait) -> None:
+        while len(self._waiting) >= self.limit:
+            oldest, _ = self._waiting.popitem(last=False)
+            get_hub().loop.run_callback(_end_wait, oldest)
+            self.log.event("idle evicted", "idle connection closed", logging.WARNING,
+                           reason="evicted",
+                           error=f"{self.limit} connections were already waiting for a request")
+        self._waiting[wait] = None
+
+    def leave(self, wait: _IdleWait) -> None:
+        self._waiting.pop(wait, None)
+
+
 def _host(peer: Any) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
@@ -150,7 +214,13 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]
         self.handshakes = Handshakes(settings.handshake_timeout_s, settings.max_handshakes,
                                      self.slow)
         self.request_timeout = settings.request_timeout_s
+        self.idle = IdleConnections(float(self.cfg.keepalive), settings.max_idle_connections,
+                                    self.slow)
         super().init_process()
+
+    def timeout_ctx(self) -> _IdleWait:
+        # gunicorn's keepalive loop waits for each request head inside this.
+        return self.idle.wait()
 
     def notify(self) -> None:
         super().notify()  # once a second: the end of a burst gets its line too

@@ -10,6 +10,7 @@ import json
 import resource
 import select
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,62 @@ def test_a_trickled_client_hello_is_cut_off(certdir: Path, worker_class: str) ->
         hook.stop()
     assert "Traceback" not in hook.logs()
     assert {e["reason"] for e in json_lines(hook, "handshake")} == {"timeout"}
+
+
+def tls_idle_connections(port: int, ca: bytes, count: int) -> list[socket.socket]:
+    """``count`` connections that complete their TLS handshake, then send nothing."""
+    context = serving.client_context(ca)
+    out = []
+    for _ in range(count):
+        raw = socket.create_connection((serving.HOST, port), timeout=5)
+        tls = context.wrap_socket(raw, server_hostname="localhost")
+        tls.setblocking(False)
+        out.append(tls)
+    return out
+
+
+def closed_tls(socks: list[socket.socket], within: float) -> int:
+    """How many of the TLS ``socks`` the server has closed within ``within`` s."""
+    open_ = {s.fileno(): s for s in socks}
+    closed = 0
+    deadline = time.monotonic() + within
+    poller = select.poll()
+    for fd in open_:
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    while open_ and time.monotonic() < deadline:
+        for fd, _ in poller.poll(100):
+            try:
+                data = open_[fd].recv(1)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue
+            except OSError:  # a reset, or TLS cut short: closed all the same
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                del open_[fd]
+                closed += 1
+    return closed
+
+
+def test_idle_connections_after_the_handshake_do_not_fill_the_workers(certdir: Path) -> None:
+    """Connections that finish their handshake and then sit (each held for gunicorn's
+    30 s keepalive) once filled both workers' 1000 slots; now at most
+    --max-idle-connections wait per worker, and the one idle longest gives way."""
+    hook = start(certdir, "idle-after-handshake", "--max-idle-connections", "300")
+    ca = (certdir / "ca.crt").read_bytes()
+    held: list[socket.socket] = []
+    try:
+        held = tls_idle_connections(hook.port, ca, 2200)
+        for _ in range(4):  # fresh connections reach both workers
+            status, seconds = timed_review(hook, ca)
+            assert status == 200 and seconds < 2.0, seconds
+        # Two workers keep at most 300 waiting each (and the reviews' own).
+        assert closed_tls(held, 5.0) >= 2200 - 2 * 300
+    finally:
+        for s in held:
+            s.close()
+        time.sleep(1.5)  # the worker logs the burst's count after a second
+        hook.stop()
+    assert "Traceback" not in hook.logs()
+    entries = json_lines(hook, "idle connection closed")
+    assert entries and {e["reason"] for e in entries} == {"evicted"}
