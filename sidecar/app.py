@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Protocol
 import sidecar
 from sidecar.admin import AdminConnection
 from sidecar.metrics import Stats, StatsCollector, exposition, registry_for
-from sidecar.proxy import ClientConnection, Context
+from sidecar.proxy import ClientConnection, Context, effective_max_connections
 from sidecar.settings import Settings, StaticRoute
 from sidecar.shardmap import RouteState, Shard, ShardMap
 from sidecar.upstream import Pools
@@ -76,6 +77,18 @@ class StaticSource:
                     self._publish(route, ready)
 
 
+def raise_nofile() -> int:
+    """Raise the soft file descriptor limit to the hard one; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 async def _accepts(address: tuple[str, int], timeout: float) -> bool:
     """Whether a TCP connection to ``address`` can be made (then closed at once)."""
     try:
@@ -109,7 +122,8 @@ class Sidecar:
             return StaticSource(self.settings, self.map)
         from sidecar.discovery import KubernetesSource
 
-        return KubernetesSource(self.settings, self.map, self.stats)
+        return KubernetesSource(self.settings, self.map, self.stats,
+                                on_max_connections=self.set_max_connections)
 
     def _map_changed(self, old: RouteState | None, new: RouteState | None) -> None:
         state = new or old
@@ -136,7 +150,19 @@ class Sidecar:
             return False, {"reason": "the annotations file has not been read yet"}
         return not waiting, {"unsynced_routes": waiting}
 
+    def set_max_connections(self, annotated: int | None) -> None:
+        """The cap: ``shard.io/max-connections`` if the pod sets it, else the flag, lowered
+        to what the file descriptor limit allows with backends' descriptors kept free."""
+        configured = self.settings.max_connections if annotated is None else annotated
+        cap = effective_max_connections(configured, raise_nofile())
+        if cap < configured:
+            log.warning("connection cap lowered from %d to %d: the file descriptor limit "
+                        "(ulimit -n) must hold a backend connection per client and a reserve",
+                        configured, cap)
+        self.ctx.max_connections = cap
+
     async def start(self) -> None:
+        self.set_max_connections(None)
         loop = asyncio.get_running_loop()
         host, port = self.settings.listen
         server = await loop.create_server(lambda: ClientConnection(self.ctx), host, port,
@@ -167,12 +193,12 @@ class Sidecar:
     async def _close_idle_clients(self) -> None:
         """Client idle timeout: a counter per connection, reset by each read and
         bumped by a sweep here, so the request path pays one store, not a timer."""
-        timeout = self.settings.client_idle_seconds
-        interval = min(1.0, timeout / 4)
-        sweeps = max(1, round(timeout / interval))
+        idle, body = self.settings.client_idle_seconds, self.settings.client_body_seconds
+        interval = min(1.0, idle / 4, body / 4)
+        sweeps, body_sweeps = max(1, round(idle / interval)), max(1, round(body / interval))
         while True:
             await asyncio.sleep(interval)
-            self.ctx.close_idle(sweeps)
+            self.ctx.close_idle(sweeps, body_sweeps, body)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""

@@ -45,7 +45,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sidecar.annotations import AnnotationError
+from sidecar.annotations import DEFAULT_MAX_CONNECTIONS, AnnotationError
 from sidecar.settings import SettingsError, build_settings
 
 
@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--client-idle-timeout", type=float, default=60.0, metavar="S",
                         help="close a client connection that sends nothing for S seconds "
                              "between requests or inside a request head (default 60)")
+    common.add_argument("--client-body-timeout", type=float, default=60.0, metavar="S",
+                        help="answer 408 (or cut the response) when a client pauses S seconds "
+                             "inside a request body or stops reading its response (default 60)")
+    common.add_argument("--connect-timeout", type=float, default=3.0, metavar="S",
+                        help="seconds a connect to a backend may take; tried twice, then 502 "
+                             "(default 3)")
+    common.add_argument("--max-connections", default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="client connections served at once; more get 503 "
+                             f"too_many_connections (default {DEFAULT_MAX_CONNECTIONS}; the "
+                             "shard.io/max-connections annotation overrides it)")
     common.add_argument("--max-json-body", type=int, default=1 << 20, metavar="BYTES",
                         help="largest body read to extract a json: key (default 1 MiB; 413 beyond)")
     common.add_argument("--log-level", default="info",

@@ -10,6 +10,11 @@ Design rules:
   so a small response costs one write system call.
 - Request heads are bounded (request line, header bytes); a malformed stream is
   answered once with an error and closed.
+- Timeouts cost the request path no timer: sweeps over the connections
+  (``Context.expire`` every 50 ms for the backend side, ``Context.close_idle``
+  for the client side) read per-connection deadlines, flags and counters.
+- Connections are capped (``--max-connections``, with file descriptors kept in
+  reserve for the backends): one over the cap gets a 503 and a close.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import httptools
 
 from sidecar import http11
 from sidecar.errors import ProxyError, render
-from sidecar.exchange import BLOCK_PIPELINE, Exchange
+from sidecar.exchange import BLOCK_PIPELINE, BLOCK_UPSTREAM, Exchange
 from sidecar.metrics import Stats
 from sidecar.settings import Settings
 from sidecar.shardmap import ShardMap
@@ -31,6 +36,21 @@ from sidecar.upstream import Pools, not_connected
 
 #: Pipelined requests queued behind a slow one before reading from the client pauses.
 _PIPELINE_LIMIT: Final = 64
+#: File descriptors kept free of client connections: listeners, the event loop, probes,
+#: the Kubernetes client, idle pooled connections beyond one per client.
+FD_RESERVE: Final = 80
+#: Refused connections lingering for their 503 to be read; beyond, refusals are resets.
+_REJECTED_LIMIT: Final = 256
+# What a connection waits on its client for (ClientConnection.client_wait).
+WAIT_NONE: Final = 0
+WAIT_IDLE: Final = 1
+WAIT_BODY: Final = 2
+
+
+def effective_max_connections(configured: int, nofile: int) -> int:
+    """The connection cap: ``configured``, lowered so that every client connection can
+    also hold a backend connection with ``FD_RESERVE`` descriptors to spare."""
+    return max(1, min(configured, (nofile - FD_RESERVE) // 2))
 
 
 class Context:
@@ -44,27 +64,70 @@ class Context:
         self.max_request_line = settings.max_request_line
         self.max_header_bytes = settings.max_header_bytes
         self.connections: set[ClientConnection] = set()
+        #: Over the cap: answered 503, closed once read or after a sweep.
+        self.rejected: set[ClientConnection] = set()
+        self.max_connections = settings.max_connections
         self.draining = False
 
-    def close_idle(self, sweeps: int) -> None:
-        """Close the connections that waited ``sweeps`` sweeps for their client: idle
-        between requests, or stuck inside a request head (a slow or dead client).
-        A connection with a request past its head waits on the backend instead."""
+    def close_idle(self, sweeps: int, body_sweeps: int, body_seconds: float) -> None:
+        """The client side's timeouts, counted in sweeps; a read resets the count.
+
+        Idle between requests or stuck inside a request head for ``sweeps``: closed.
+        Paused inside a request body for ``body_sweeps``: 408 and a close. Not
+        reading its response (our writes paused) for ``body_sweeps``: cut. A request
+        waiting on its backend is the backend's time (``expire``).
+        """
+        for conn in list(self.rejected):
+            conn.idle_sweeps += 1
+            if conn.idle_sweeps >= 2:
+                conn.abort()
         for conn in list(self.connections):
-            if conn.waiting_for_client():
-                conn.idle_sweeps += 1
+            if conn.write_paused:
+                conn.write_sweeps += 1
+                if conn.write_sweeps >= body_sweeps:
+                    conn.abort()  # it reads nothing: a reset, not a close that waits on it
+                continue
+            wait = conn.client_wait()
+            if wait == WAIT_NONE:
+                continue
+            conn.idle_sweeps += 1
+            if wait == WAIT_IDLE:
                 if conn.idle_sweeps >= sweeps:
                     conn.close_after_flush()
+            elif conn.idle_sweeps >= body_sweeps:
+                conn.body_stalled(body_seconds)
 
     def expire(self, now: float) -> None:
-        """Answer 504 for every exchange whose backend is past its deadline.
+        """Time out every exchange whose backend is past its deadline (``shard.io/timeout``).
 
         A sweep over the connections, not a registry of exchanges in flight: only
         the head of a connection's queue waits on a backend, and the sweep (every
-        50 ms) costs less than adding and removing every request.
+        50 ms) costs less than adding and removing every request. The request path
+        sets a deadline for the response head only; the sweep sets the others
+        from flags, so a body read costs a store instead of a clock read.
         """
-        late = [c.queue[0] for c in self.connections
-                if c.queue and 0.0 < c.queue[0].deadline <= now]
+        late: list[Exchange] = []
+        for conn in self.connections:
+            if not conn.queue:
+                continue
+            exchange = conn.queue[0]
+            up = exchange.upstream
+            state = exchange.state
+            if up is None or state is None or exchange.finished:
+                continue
+            if exchange.response_started:
+                # Between body reads: the clock restarts with every read, and stands
+                # still while the client is the one not reading (close_idle's part).
+                if up.active or conn.write_paused or exchange.deadline == 0.0:
+                    up.active = False
+                    exchange.deadline = now + state.timeout_s
+                    continue
+            elif conn.blocked & BLOCK_UPSTREAM and exchange.deadline == 0.0:
+                # The backend does not read the upload; on_upstream_drained clears this.
+                exchange.deadline = now + state.timeout_s
+                continue
+            if 0.0 < exchange.deadline <= now:
+                late.append(exchange)
         for exchange in late:
             exchange.deadline = 0.0
             exchange.on_timeout()
@@ -110,17 +173,42 @@ class ClientConnection(asyncio.Protocol):
         self.chunk_bytes = 0
         #: Idle sweeps (Context.close_idle) since the client last sent bytes.
         self.idle_sweeps = 0
+        #: Sweeps since writing to the client paused (it does not read its response).
+        self.write_sweeps = 0
 
     # --- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        ctx = self.ctx
+        if len(ctx.connections) >= ctx.max_connections:
+            self.refuse()
+            return
         transport.set_write_buffer_limits(high=256 * 1024)
         self.send = transport.write
-        self.ctx.connections.add(self)
+        ctx.connections.add(self)
+
+    def refuse(self) -> None:
+        """Over the cap: 503 and a close. The client's request is read and dropped
+        meanwhile, as closing on unread bytes would reset the 503 away."""
+        ctx = self.ctx
+        transport = self.transport
+        assert transport is not None
+        self.closing = self.ignore_input = True
+        if len(ctx.rejected) >= _REJECTED_LIMIT:
+            transport.abort()  # a flood: keep the descriptors for the connections served
+            return
+        limit = ctx.max_connections
+        transport.write(render(ProxyError(
+            "too_many_connections", f"the sidecar serves at most {limit} connections at once "
+            "(--max-connections or shard.io/max-connections)", limit=limit), close=True))
+        transport.write_eof()
+        ctx.rejected.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.ignore_input:
+            if self.transport is not None and self in self.ctx.rejected:
+                self.transport.close()  # its request is read: the close will not reset the 503
             return
         self.chunk_bytes = len(data)
         self.idle_sweeps = 0
@@ -150,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.ctx.connections.discard(self)
+        self.ctx.rejected.discard(self)
         for exchange in self.queue:
             exchange.abort()
         if self.parsing is not None:
@@ -162,6 +251,7 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.write_sweeps = 0
         self._upstream_reading(True)
 
     def _upstream_reading(self, on: bool) -> None:
@@ -256,6 +346,28 @@ class ClientConnection(asyncio.Protocol):
         queue = self.queue
         return not queue or (len(queue) == 1 and queue[0] is self.parsing and self.in_head)
 
+    def client_wait(self) -> int:
+        """What, if anything, this connection waits on its client for (close_idle)."""
+        exchange = self.parsing
+        if exchange is not None and exchange.headers_done and not exchange.finished:
+            # Inside a body: the client owes bytes unless reading is paused on our side
+            # or it waits for a 100 Continue not sent yet.
+            if self.blocked or (exchange.expect_continue and exchange.upstream is None
+                                and not exchange.json_mode):
+                return WAIT_NONE
+            return WAIT_BODY
+        return WAIT_IDLE if self.waiting_for_client() else WAIT_NONE
+
+    def body_stalled(self, seconds: float) -> None:
+        """The client paused inside a request body for ``seconds``: 408, then close."""
+        exchange = self.parsing
+        if exchange is not None and exchange.response_started:
+            exchange.cut(True)  # cannot answer anew mid-response
+            return
+        self.protocol_error(ProxyError(
+            "client_timeout", f"the client sent no request body bytes for {seconds:g}s "
+            "(--client-body-timeout)", timeout_s=seconds))
+
     # --- used by exchanges --------------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -314,10 +426,15 @@ class ClientConnection(asyncio.Protocol):
 
     def protocol_error(self, error: ProxyError) -> None:
         """The byte stream is unusable: answer once (after earlier responses), then close."""
+        cut = False
         for exchange in list(self.queue):
             if not exchange.headers_done or exchange is self.parsing:
                 self.queue.remove(exchange)
+                cut = cut or exchange.response_started
                 exchange.abort()  # e.g. a bad chunk mid-upload: the backend must not keep it
+        if cut:
+            self.abort()  # an error answer after a response began would read as its body
+            return
         error_response = render(error, close=True)
         self.parsing = None
         self.in_head = False
