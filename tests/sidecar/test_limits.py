@@ -367,3 +367,32 @@ def test_a_flood_of_connections_stays_under_the_memory_limit(
             sock.close()
         proc.terminate()
         proc.wait(20)
+
+
+def test_the_annotation_sets_the_cap_in_kubernetes_mode(tmp_path: Path) -> None:
+    from sidecar.annotations import MAX_CONNECTIONS, format_downward_file
+    from sidecar.app import Sidecar
+    from tests.sidecar.harness import settings_from_args
+
+    path = tmp_path / "annotations"
+    path.write_text(format_downward_file({MAX_CONNECTIONS: "7"}))
+    settings = settings_from_args(["--annotations-file", str(path), "--max-connections", "50"],
+                                  {"POD_NAMESPACE": "shop"})
+    sidecar = Sidecar(settings)
+    source = sidecar.source
+    source.reload()  # type: ignore[attr-defined]
+    assert sidecar.ctx.max_connections == 7
+    path.write_text(format_downward_file({}))
+    source.reload()  # type: ignore[attr-defined]
+    assert sidecar.ctx.max_connections == 50  # back to the flag once the annotation is gone
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-connections", "0"),
+                                             ("--client-body-timeout", "0"),
+                                             ("--connect-timeout", "-1")])
+def test_bad_limit_flags_name_the_flag_and_value(flag: str, value: str) -> None:
+    from sidecar.settings import SettingsError
+    from tests.sidecar.harness import settings_from_args
+
+    with pytest.raises(SettingsError, match=f"invalid value '{value}(.0)?' for {flag}"):
+        settings_from_args(["--route", "svc=127.0.0.1:1", flag, value])
