@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import logging
 import resource
@@ -75,6 +77,14 @@ class StaticSource:
                     log.warning("route %s: ready ordinals now %s", route.spec.name,
                                 [i for i, up in enumerate(ready) if up])
                     self._publish(route, ready)
+
+
+def return_freed_buffers() -> None:
+    """Have glibc map buffers of 128 KiB and more (reads, bodies) on their own, so that
+    freeing them returns the memory: by default it raises that threshold after the first
+    free, and a burst of slow readers would leave its peak in RSS for good."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
 def raise_nofile() -> int:
@@ -225,6 +235,7 @@ class Sidecar:
 
 
 async def serve(settings: Settings) -> int:
+    return_freed_buffers()
     sidecar = Sidecar(settings)
     await sidecar.start()
     # Start-up objects (the Kubernetes client's modules, mostly) never die: keep them out of

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="client connections served at once; more get 503 "
                              f"too_many_connections (default {DEFAULT_MAX_CONNECTIONS}; the "
                              "shard.io/max-connections annotation overrides it)")
+    common.add_argument("--buffer-budget", type=int, default=32 << 20, metavar="BYTES",
+                        help="bytes all connections may hold in full buffers (slow readers, "
+                             "slow backends, json: bodies); over it the connection that held "
+                             "one longest is cut (default 32 MiB)")
     common.add_argument("--max-json-body", type=int, default=1 << 20, metavar="BYTES",
                         help="largest body read to extract a json: key (default 1 MiB; 413 beyond)")
     common.add_argument("--log-level", default="info",

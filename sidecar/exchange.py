@@ -308,6 +308,9 @@ class Exchange:
         self.pending_bytes += len(data)
         if self.json_mode:
             self.check_json_size()
+            if self.pending_bytes > _PENDING_LIMIT and not self.finished:
+                conn = self.conn
+                conn.ctx.hold(conn, conn.ctx.settings.max_json_body + _PENDING_LIMIT)
         elif self.pending_bytes > _PENDING_LIMIT:
             self.conn.block(BLOCK_PENDING)
 

@@ -15,11 +15,16 @@ Design rules:
   for the client side) read per-connection deadlines, flags and counters.
 - Connections are capped (``--max-connections``, with file descriptors kept in
   reserve for the backends): one over the cap gets a 503 and a close.
+- Memory is capped too: a connection holding a full buffer (its client does not
+  read, its backend does not read the upload, a body waits for a connection or
+  a ``json:`` key) counts against ``--buffer-budget``; over it, the one that has
+  held its buffer longest is cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Final, cast
@@ -28,7 +33,7 @@ import httptools
 
 from sidecar import http11
 from sidecar.errors import ProxyError, render
-from sidecar.exchange import BLOCK_PIPELINE, BLOCK_UPSTREAM, Exchange
+from sidecar.exchange import BLOCK_PENDING, BLOCK_PIPELINE, BLOCK_UPSTREAM, Exchange
 from sidecar.metrics import Stats
 from sidecar.settings import Settings
 from sidecar.shardmap import ShardMap
@@ -41,6 +46,16 @@ _PIPELINE_LIMIT: Final = 64
 FD_RESERVE: Final = 80
 #: Refused connections lingering for their 503 to be read; beyond, refusals are resets.
 _REJECTED_LIMIT: Final = 256
+#: Any bytes the socket did not take at once pause the other side's reading until they
+#: are written: a small response never waits, and a connection holds at most one read
+#: (uvloop reads up to 256 KiB at a time) that it counts against the buffer budget.
+WRITE_HIGH: Final = 0
+#: What a connection holding a full buffer adds to RSS, as measured with 300 clients not
+#: reading a large body: one read from the other side and the allocator's overhead.
+BUFFER_WEIGHT: Final = 448 * 1024
+_FULL: Final = BLOCK_PENDING | BLOCK_UPSTREAM
+
+log = logging.getLogger("shardmesh.sidecar.proxy")
 # What a connection waits on its client for (ClientConnection.client_wait).
 WAIT_NONE: Final = 0
 WAIT_IDLE: Final = 1
@@ -67,7 +82,29 @@ class Context:
         #: Over the cap: answered 503, closed once read or after a sweep.
         self.rejected: set[ClientConnection] = set()
         self.max_connections = settings.max_connections
+        #: Connections holding a full buffer, oldest first, with the bytes each may hold.
+        self.buffering: dict[ClientConnection, int] = {}
+        self.buffered = 0
+        self.buffer_budget = settings.buffer_budget
         self.draining = False
+
+    def hold(self, conn: ClientConnection, weight: int) -> None:
+        """``conn`` holds a full buffer: count it; over the budget, cut the oldest holders
+        (a reset: whoever stopped reading longest goes first, so a flood of slow readers
+        cannot keep the memory the sidecar needs under its limit)."""
+        if conn in self.buffering:
+            return
+        self.buffering[conn] = weight
+        self.buffered += weight
+        while self.buffered > self.buffer_budget and self.buffering:
+            oldest = next(iter(self.buffering))
+            self.release(oldest)
+            log.warning("buffer budget of %d bytes reached: cutting the connection that held "
+                        "a full buffer longest", self.buffer_budget)
+            oldest.abort()
+
+    def release(self, conn: ClientConnection) -> None:
+        self.buffered -= self.buffering.pop(conn, 0)
 
     def close_idle(self, sweeps: int, body_sweeps: int, body_seconds: float) -> None:
         """The client side's timeouts, counted in sweeps; a read resets the count.
@@ -81,6 +118,8 @@ class Context:
             conn.idle_sweeps += 1
             if conn.idle_sweeps >= 2:
                 conn.abort()
+        for conn in [c for c in self.buffering if not c.holds_full_buffer()]:
+            self.release(conn)  # a json: body that was read or dropped
         for conn in list(self.connections):
             if conn.write_paused:
                 conn.write_sweeps += 1
@@ -184,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
         if len(ctx.connections) >= ctx.max_connections:
             self.refuse()
             return
-        transport.set_write_buffer_limits(high=256 * 1024)
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.send = transport.write
         ctx.connections.add(self)
 
@@ -237,8 +276,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.ctx.connections.discard(self)
-        self.ctx.rejected.discard(self)
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.rejected.discard(self)
+        if self in ctx.buffering:
+            ctx.release(self)
         for exchange in self.queue:
             exchange.abort()
         if self.parsing is not None:
@@ -247,12 +289,24 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.ctx.hold(self, BUFFER_WEIGHT)
         self._upstream_reading(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.write_sweeps = 0
+        if not self.holds_full_buffer():
+            self.ctx.release(self)
         self._upstream_reading(True)
+
+    def holds_full_buffer(self) -> bool:
+        """Writes to the client are paused, reading it is paused on a full buffer, or a
+        json: body over the usual buffer is being read."""
+        if self.write_paused or self.blocked & _FULL:
+            return True
+        exchange = self.parsing
+        return exchange is not None and exchange.json_mode and not exchange.finished and \
+            exchange.pending_bytes > BUFFER_WEIGHT // 2
 
     def _upstream_reading(self, on: bool) -> None:
         """Backpressure: only the head exchange has a backend sending to this client."""
@@ -386,12 +440,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.blocked and self.transport is not None:
             self.transport.pause_reading()
         self.blocked |= reason
+        if reason & _FULL:
+            self.ctx.hold(self, BUFFER_WEIGHT)
 
     def unblock(self, reason: int) -> None:
         if self.blocked & reason:
             self.blocked &= ~reason
             if not self.blocked and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+            if reason & _FULL and not self.holds_full_buffer():
+                self.ctx.release(self)
 
     def exchange_done(self, exchange: Exchange) -> None:
         queue = self.queue
@@ -449,6 +507,7 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.flush()
+        self.closing = self.ignore_input = True
         if self.transport is not None:
             self.transport.abort()
 

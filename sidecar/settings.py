@@ -68,6 +68,11 @@ class Settings:
     #: Client connections served at once; more get 503 too_many_connections. The
     #: default keeps the sidecar well under the 128Mi the webhook gives it (README).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Bytes all connections together may hold in full buffers (a client that does
+    #: not read, a backend that does not read, a body held for a connection or a
+    #: json: key); over it, the connection that held one longest is cut. With the
+    #: default cap, RSS stays under the injected 128Mi (README, Limits).
+    buffer_budget: int = 32 << 20
     log_level: str = "info"
     #: Static mode: seconds between TCP probes of each address (0: never; all stay ready).
     static_probe_seconds: float = 1.0
@@ -133,6 +138,9 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
                           ("--connect-timeout", args.connect_timeout)):
         if not seconds > 0:
             raise SettingsError(f"invalid value '{seconds}' for {flag}: expected seconds > 0")
+    if args.buffer_budget < 1 << 20:
+        raise SettingsError(f"invalid value '{args.buffer_budget}' for --buffer-budget: "
+                            "expected bytes >= 1048576")
     try:
         max_connections = parse_max_connections(MAX_CONNECTIONS, str(args.max_connections))
     except AnnotationError as err:
@@ -151,6 +159,7 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         client_body_seconds=args.client_body_timeout,
         connect_timeout=args.connect_timeout,
         max_connections=max_connections,
+        buffer_budget=args.buffer_budget,
         max_json_body=args.max_json_body,
         static_probe_seconds=args.static_probe,
         log_level=args.log_level,

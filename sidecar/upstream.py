@@ -109,7 +109,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        # As for clients (proxy.WRITE_HIGH): an upload waits on each write the backend
+        # does not take at once, and the buffer it holds counts against the budget.
+        transport.set_write_buffer_limits(high=0)
         self.send = transport.write
 
     def data_received(self, data: bytes) -> None:

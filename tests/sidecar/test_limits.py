@@ -396,3 +396,64 @@ def test_bad_limit_flags_name_the_flag_and_value(flag: str, value: str) -> None:
 
     with pytest.raises(SettingsError, match=f"invalid value '{value}(.0)?' for {flag}"):
         settings_from_args(["--route", "svc=127.0.0.1:1", flag, value])
+
+
+def slow_readers(port: int, count: int, size: int = 50_000_000) -> list[socket.socket]:
+    """Clients that ask for a large body and read none of it."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /svc/bytes/%d HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 0\r\n\r\n" % size)
+        socks.append(sock)
+    return socks
+
+
+def test_slow_readers_over_the_buffer_budget_are_cut(
+        backends: list[Backend], make_sidecar: Callable[..., SidecarThread]) -> None:
+    from sidecar.proxy import BUFFER_WEIGHT
+
+    budget = 1 << 20
+    sidecar = make_sidecar("--route", f"svc={backends[0].address}", "--static-probe", "0",
+                           "--buffer-budget", str(budget))
+    ctx = sidecar.sidecar.ctx
+    socks = slow_readers(sidecar.port, 8)
+    deadline = time.monotonic() + 10
+    while sidecar.call(lambda: len(ctx.connections)) == len(socks) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert sidecar.call(lambda: ctx.buffered) <= budget
+    assert sidecar.call(lambda: len(ctx.buffering)) <= budget // BUFFER_WEIGHT
+    assert sidecar.call(lambda: len(ctx.connections)) < len(socks)  # some were cut
+    for sock in socks:
+        sock.close()
+
+
+def test_slow_readers_cannot_take_the_memory_over_the_limit(backends: list[Backend]) -> None:
+    """Without the budget, 300 clients that do not read a large response hold 179 MiB."""
+    listen = socket.create_server(("127.0.0.1", 0))
+    port = listen.getsockname()[1]
+    listen.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardmesh", "sidecar", "--route", f"svc={backends[0].address}",
+         "--listen", f"127.0.0.1:{port}", "--admin", "off", "--static-probe", "0",
+         "--log-level", "error"], cwd=Path(__file__).resolve().parents[2])
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.05)
+        socks = slow_readers(port, 300)
+        peak = 0.0
+        for _ in range(40):
+            time.sleep(0.2)
+            peak = max(peak, _rss_mib(proc.pid))
+        assert peak < 100, f"RSS reached {peak:.1f} MiB"
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.wait(20)
