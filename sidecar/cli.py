@@ -34,6 +34,11 @@ Static mode (no Kubernetes)::
     until it accepts again. --strategy/--key/--unavailable/--timeout take the
     same values as the ``shard.io/*`` annotations and apply to every --route.
 
+Limits (both modes): --connect-timeout, --client-idle-timeout,
+--client-body-timeout, --max-connections (``shard.io/max-connections`` wins),
+--buffer-budget, --max-json-body; the README's "Limits and timeouts" says what
+each bounds and what the client sees.
+
 Ports: data on --listen (default ``127.0.0.1:15001``), ``/healthz``,
 ``/readyz`` and ``/metrics`` on --admin (default ``0.0.0.0:15020``); ``--admin
 off`` disables the admin listener. Exit codes: 0 after a clean SIGTERM/SIGINT

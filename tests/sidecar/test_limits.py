@@ -457,3 +457,20 @@ def test_slow_readers_cannot_take_the_memory_over_the_limit(backends: list[Backe
             sock.close()
         proc.terminate()
         proc.wait(20)
+
+
+def test_the_readme_lists_every_limit_flag_with_its_default() -> None:
+    from sidecar.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Limits and timeouts")[1].split("\n## ")[0]
+    defaults = {a.option_strings[0]: a.default for a in build_parser()._actions
+                if a.option_strings}
+    for flag, default, shown in (
+            ("--connect-timeout", 3.0, "3 s"), ("--timeout", "30s", "30 s"),
+            ("--client-idle-timeout", 60.0, "60 s"), ("--client-body-timeout", 60.0, "60 s"),
+            ("--max-connections", 1024, "1024"), ("--buffer-budget", 32 << 20, "32 MiB"),
+            ("--max-json-body", 1 << 20, "1 MiB"), ("--drain-seconds", 15.0, "15 s")):
+        row = next((line for line in table.splitlines() if f"`{flag}`" in line), "")
+        assert row, f"{flag} is not in the README's limits table"
+        assert defaults[flag] == default and f"| {shown}" in row, (flag, row)
