@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster bench bench-webhook bench-sidecar bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
+.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
 
 # The venv holds exactly the pinned, hash-checked requirements/dev.txt (the
 # runtime pins of requirements/runtime.txt, the test tools, and the build
@@ -73,6 +73,17 @@ unit: venv compile
 
 cluster: venv compile cluster-bins
 	$(BIN)/pytest -m cluster
+
+# The fuzz tests (tests/sidecar/test_fuzz.py) with a long budget: FUZZ_EXAMPLES per
+# test (make test runs them with 40). Failures print the smallest input found.
+FUZZ_EXAMPLES ?= 2000
+# Then, if atheris is installed, coverage-guided runs of the parsers (tests/sidecar/fuzz_atheris.py).
+ATHERIS_RUNS ?= 1000000
+fuzz: venv compile
+	SHARDMESH_FUZZ=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --hypothesis-show-statistics -q
+	@if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+		$(BIN)/python -m tests.sidecar.fuzz_atheris -runs=$(ATHERIS_RUNS) -max_len=2048; \
+	else echo "make fuzz: atheris is not installed ($(BIN)/pip install atheris): skipped"; fi
 
 lint: venv
 	$(BIN)/ruff check .

@@ -10,15 +10,34 @@ Its ordinal is its pod's own (the ``apps.kubernetes.io/pod-index`` label), and
 it owns the accounts whose key-function result i gives ``start + i`` = that
 ordinal, where ``start`` is the StatefulSet's ``spec.ordinals.start``.
 
+In slot mode (SPEC §6, when a request carries ``X-Shard-Slot``) it owns the
+slots its table (shardmesh/slot_table.py) says: a slot it does not own is
+refused with ``421 Misdirected Request`` and its latest ``X-Shard-Epoch``; a
+key whose slot is not ``X-Shard-Slot`` is still a 409. ``--slots S
+--assignment TEXT`` seed the table (then it knows which slots it never owned);
+without them it learns its slots from the requests the sidecar sends it.
+
 HTTP interface (paths as the backend sees them, after the sidecar strips the route):
 - ``POST /accounts/<id>/deposit``: add 1 to the account's counter, answer its state.
 - ``GET /accounts/<id>``: the account's state (404 if this replica never saw it).
-- ``GET /_state``: every account this replica holds, with counts of 409s.
+- ``GET /_state``: every account this replica holds, with counts of 409s (and 421s),
+  and its slot table.
+- ``POST /_shard/handoff {"slots": [...], "to": O, "epoch": E, "from": O0?, "address": A?}``
+  (from ``shardmesh reshard``): refuse those slots from now on, send their accounts
+  to the new owner (``POST http://<peer>/_shard/accept``), answer 200 when it has
+  them. The peer is ``--peer-template`` with ``{ordinal}`` filled in (e.g.
+  ``sharded-svc-{ordinal}.sharded-svc:8080``, the headless Service's pod DNS
+  name), else the request's ``address`` (the new owner's pod IP and port, which
+  ``shardmesh reshard`` adds). 200 again for a repeat to the same target; 409
+  for slots it never owned or gave to another ordinal.
+- ``POST /_shard/accept {"slots": [...], "epoch": E, "accounts": {id: count}}``:
+  take slots and their accounts from the old owner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import threading
@@ -26,7 +45,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sidecar.shardfn import Strategy, pod_ordinal
+from shardmesh.slot_table import HandoffRefused, SlotTable
+from sidecar import slots as slotmap
+from sidecar.shardfn import Strategy, ordinal_for, pod_ordinal
+
+Answer = tuple[int, dict[str, Any]]
 
 
 @dataclass
@@ -44,6 +67,55 @@ class Ledger:
     #: Open client sockets, so that stopping the replica really drops keep-alive peers.
     connections: set[socket.socket] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Slot mode: S (from --slots or the first X-Shard-Slots), and this replica's slots.
+    slots: int | None = None
+    table: SlotTable | None = None
+    refused: int = 0
+    #: How to reach ordinal O's backend, e.g. "sharded-svc-{ordinal}.sharded-svc:8080".
+    peer_template: str = ""
+
+    def __post_init__(self) -> None:
+        if self.table is None:
+            self.table = SlotTable(self.ordinal)
+
+    def seed(self, slots: int, assignment: str) -> None:
+        """Know S and which slots this replica owns (from shard.io/assignment)."""
+        parsed = slotmap.parse_assignment(assignment, slots)
+        self.slots = slots
+        self.table = SlotTable(self.ordinal, strict=True, owned=set(parsed.slots_of(self.ordinal)))
+
+    def slot_error(self, account: str, headers: Any) -> Answer | None:
+        """Slot mode's checks, under the lock: 409 for a key of another slot, 421 for a
+        slot this replica does not own; None when the request is ours."""
+        table = self.table
+        assert table is not None
+        fields = [headers.get(h) for h in ("X-Shard-Slot", "X-Shard-Slots", "X-Shard-Epoch",
+                                           "X-Shard-Ordinal")]
+        if not all(f is not None and f.isascii() and f.isdigit() for f in fields):
+            return 400, {"error": "bad_slot_headers",
+                         "message": f"X-Shard-Slot/-Slots/-Epoch/-Ordinal must be integers, "
+                                    f"got {fields}"}
+        slot, count, epoch, ordinal = (int(f) for f in fields if f is not None)
+        if self.slots is None:
+            self.slots = count
+        if count != self.slots or not 0 <= slot < count:
+            return 409, {"error": "not_my_shard",
+                         "message": f"slot {slot} of {count}: this replica has {self.slots}"}
+        if ordinal_for(account, self.strategy, count) != slot:
+            return 409, {"error": "not_my_shard",
+                         "message": f"account {account} is in slot "
+                                    f"{ordinal_for(account, self.strategy, count)}, not {slot}"}
+        why = table.admit(slot, ordinal, epoch)
+        if why is not None:
+            self.refused += 1
+            return 421, {"error": "misdirected", "message": why, "epoch": table.epoch}
+        return None
+
+    def accounts_in(self, slots: list[int]) -> dict[str, int]:
+        assert self.slots is not None
+        wanted = set(slots)
+        return {a: n for a, n in self.counters.items()
+                if ordinal_for(a, self.strategy, self.slots) in wanted}
 
     def ownership_error(self, account: str, ordinal: str | None, count: str | None) -> str | None:
         """Why this request is not ours, or None. Pure apart from reading ``self``."""
@@ -82,6 +154,8 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
+            if status == 421 and ledger.table is not None:
+                self.send_header("X-Shard-Epoch", str(ledger.table.epoch))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("X-Replica", ledger.name)
@@ -92,8 +166,11 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
             parts = self.path.split("?")[0].strip("/").split("/")
             if parts == ["_state"]:
                 with ledger.lock:
+                    assert ledger.table is not None
                     state = {"replica": ledger.name, "ordinal": ledger.ordinal,
-                             "accounts": dict(ledger.counters), "misrouted": ledger.misrouted}
+                             "accounts": dict(ledger.counters), "misrouted": ledger.misrouted,
+                             "refused": ledger.refused, "slots": ledger.slots,
+                             "table": ledger.table.describe()}
                 self._send(200, state)
             elif len(parts) == 2 and parts[0] == "accounts":
                 self._account(parts[1], deposit=False)
@@ -102,15 +179,36 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            raw = self.rfile.read(length) if length else b""
             parts = self.path.split("?")[0].strip("/").split("/")
             if len(parts) == 3 and parts[0] == "accounts" and parts[2] == "deposit":
                 self._account(parts[1], deposit=True)
+            elif parts[:1] == ["_shard"] and parts[1:] in (["handoff"], ["accept"]):
+                try:
+                    body = json.loads(raw)
+                    answer = (handoff if parts[1] == "handoff" else accept)(ledger, body)
+                except (ValueError, TypeError, KeyError) as err:
+                    answer = 400, {"error": "bad_request", "message": f"{parts[1]}: {err!r}"}
+                self._send(*answer)
             else:
                 self._send(404, {"error": "not_found", "path": self.path})
 
         def _account(self, account: str, deposit: bool) -> None:
+            if self.headers.get("X-Shard-Slot") is not None:
+                with ledger.lock:
+                    refusal = ledger.slot_error(account, self.headers)
+                    if refusal is None:
+                        if deposit:
+                            ledger.counters[account] = ledger.counters.get(account, 0) + 1
+                        count = ledger.counters.get(account)
+                if refusal is not None:
+                    self._send(refusal[0], {**refusal[1], "replica": ledger.name})
+                elif count is None:
+                    self._send(404, {"error": "unknown_account", "account": account})
+                else:
+                    self._send(200, {"account": account, "count": count, "replica": ledger.name,
+                                     "ordinal": ledger.ordinal})
+                return
             why = ledger.ownership_error(
                 account, self.headers.get("X-Shard-Ordinal"), self.headers.get("X-Shard-Count")
             )
@@ -131,12 +229,89 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _int_list(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(type(v) is int and v >= 0 for v in value):
+        raise ValueError(f"{what} must be a list of non-negative integers, got {value!r}")
+    return list(value)
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def handoff(ledger: Ledger, body: dict[str, Any]) -> Answer:
+    """Send the slots' accounts to the new owner, then let go of them (see the module doc)."""
+    slots = tuple(_int_list(body["slots"], "slots"))
+    to, epoch = _int(body["to"], "to"), _int(body["epoch"], "epoch")
+    source = _int(body["from"], "from") if "from" in body else None
+    table = ledger.table
+    assert table is not None
+    with ledger.lock:
+        if ledger.slots is None and "slots_total" in body:
+            ledger.slots = _int(body["slots_total"], "slots_total")
+        try:
+            send = table.begin_handoff(slots, to, epoch, source)
+        except HandoffRefused as refused:
+            return 409, {"error": "not_owned", "message": str(refused), "replica": ledger.name}
+        accounts = ledger.accounts_in(send) if send and ledger.slots else {}
+    if not send:
+        return 200, {"moved": 0, "repeat": True, "epoch": epoch, "replica": ledger.name}
+    peer = ledger.peer_template.format(ordinal=to) if ledger.peer_template else body.get("address")
+    if not isinstance(peer, str) or not peer:
+        with ledger.lock:
+            table.abort_handoff(send)
+        return 400, {"error": "no_peer", "message": "no --peer-template and no address in the "
+                     "handoff: cannot reach the new owner"}
+    status, reply = _post(peer, "/_shard/accept", {"slots": send, "epoch": epoch,
+                                                   "from": ledger.ordinal, "accounts": accounts})
+    with ledger.lock:
+        if status != 200:
+            table.abort_handoff(send)
+            return 502, {"error": "peer_failed", "message": f"accept at {peer}: {status} {reply}"}
+        table.end_handoff(send)
+        for account in accounts:
+            ledger.counters.pop(account, None)
+    return 200, {"moved": len(accounts), "slots": send, "to": to, "epoch": epoch,
+                 "replica": ledger.name}
+
+
+def accept(ledger: Ledger, body: dict[str, Any]) -> Answer:
+    slots = _int_list(body["slots"], "slots")
+    epoch = _int(body["epoch"], "epoch")
+    accounts = body["accounts"]
+    if not isinstance(accounts, dict) or not all(
+            isinstance(k, str) and type(v) is int for k, v in accounts.items()):
+        raise ValueError(f"accounts must map ids to counts, got {accounts!r:.100}")
+    table = ledger.table
+    assert table is not None
+    with ledger.lock:
+        table.accept(slots, epoch)
+        ledger.counters.update(accounts)
+    return 200, {"accepted": len(accounts), "slots": slots, "replica": ledger.name}
+
+
+def _post(address: str, path: str, body: dict[str, Any]) -> tuple[int, str]:
+    host, _, port = address.rpartition(":")
+    try:
+        conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+        conn.close()
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        return 0, str(err)
+    return response.status, text
+
+
 class AccountsBackend:
     """One replica, served on ``host:port`` in a background thread."""
 
     def __init__(self, host: str, port: int, ordinal: int, strategy: Strategy = "modulo",
-                 name: str | None = None, start: int = 0) -> None:
-        self.ledger = Ledger(ordinal, strategy, name or f"sharded-svc-{ordinal}", start=start)
+                 name: str | None = None, start: int = 0, peer_template: str = "") -> None:
+        self.ledger = Ledger(ordinal, strategy, name or f"sharded-svc-{ordinal}", start=start,
+                             peer_template=peer_template)
         self.server = ThreadingHTTPServer((host, port), _handler(self.ledger))
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -159,3 +334,4 @@ class AccountsBackend:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
+

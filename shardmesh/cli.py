@@ -14,14 +14,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sidecar": ("sidecar.cli", "run the routing sidecar"),
     "inject": ("shardmesh.inject_cmd", "apply the webhook's mutation offline to YAML"),
     "route": ("shardmesh.route_cmd", "print the ordinal that owns each key"),
+    "reshard": ("shardmesh.reshard_cmd", "move slots between a StatefulSet's pods (slot mode)"),
     "check": ("shardmesh.check", "check a cluster's shardmesh installation"),
+    "accounts-backend": ("shardmesh.accounts_cmd",
+                         "run one replica of the demo's stateful backend"),
     "demo": ("shardmesh.demo", "run the whole routing story locally, with no cluster"),
 }
 
 
 def usage() -> str:
     lines = ["usage: shardmesh <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'shardmesh <command> --help' for a command's options."]
     return "\n".join(lines)
 

@@ -179,6 +179,8 @@ def parse_key_source(key: str, value: str) -> KeySource:
         if not arg.isascii() or not arg.isdigit():
             raise AnnotationError(key, value,
                                   f"path index '{clip(arg)}' is not a non-negative integer")
+        if len(arg) > 4:  # also keeps int() clear of CPython's 4300-digit limit
+            raise AnnotationError(key, value, f"path index '{clip(arg)}' is over 9999")
         return KeySource("path", index=int(arg))
     if kind == "json":
         parts = tuple(arg.split("."))
@@ -204,7 +206,9 @@ def parse_unavailable(key: str, value: str) -> int:
     mode, sep, arg = value.partition(":")
     if mode != "wait" or not sep:
         raise AnnotationError(key, value, "expected 'fail' or 'wait:<ms>'")
-    if not arg.isascii() or not arg.isdigit() or not 1 <= int(arg) <= MAX_WAIT_MS:
+    # The length first: int() refuses over 4300 digits with a ValueError of its own.
+    if not arg.isascii() or not arg.isdigit() or len(arg) > 9 or \
+            not 1 <= int(arg) <= MAX_WAIT_MS:
         raise AnnotationError(key, value, f"wait must be an integer from 1 to {MAX_WAIT_MS} ms")
     return int(arg)
 
@@ -270,7 +274,8 @@ def _parse_backend(entry: str, whole: str, pod_namespace: str) -> Backend:
     target, sep, port_text = target.partition(":")
     port: int | None = None
     if sep:
-        if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5 or \
+                not 1 <= int(port_text) <= 65535:
             raise AnnotationError(BACKEND, whole, f"port '{clip(port_text)}' is not in 1..65535")
         port = int(port_text)
     statefulset, _, namespace = target.partition(".")
@@ -305,7 +310,9 @@ def parse_routes(annotations: Mapping[str, str], pod_namespace: str) -> tuple[Ro
     backends = parse_backends(annotations[BACKEND], pod_namespace) if BACKEND in annotations else ()
     routes = {b.route for b in backends}
     for name, value in annotations.items():
-        base, dot, route = name.partition(".io/")[2].partition(".")
+        if not name.startswith(PREFIX):
+            continue  # another tool's annotation, e.g. example.io/timeout.db
+        base, dot, route = name.removeprefix(PREFIX).partition(".")
         if dot and f"{PREFIX}{base}" in ROUTE_OPTIONS and route not in routes:
             declared = clip(", ".join(sorted(routes))) or "none"
             raise AnnotationError(
@@ -421,6 +428,8 @@ def _unquote_go(quoted: str, number: int) -> str:
         if esc in ("a", "v"):
             return "\\u%04x" % (7 if esc == "a" else 11)
         code = int(esc[1:], 16)
+        if code > 0x10FFFF:  # chr() would raise a ValueError that names no line
+            raise ValueError(f"line {number} of the annotations file: bad escape \\{esc}")
         return json.dumps(chr(code))[1:-1]
 
     try:

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
 import resource
 import signal
 import sys
@@ -201,14 +202,19 @@ class Sidecar:
             self.ctx.expire(time.monotonic())
 
     async def _close_idle_clients(self) -> None:
-        """Client idle timeout: a counter per connection, reset by each read and
-        bumped by a sweep here, so the request path pays one store, not a timer."""
-        idle, body = self.settings.client_idle_seconds, self.settings.client_body_seconds
-        interval = min(1.0, idle / 4, body / 4)
+        """The client side's timeouts (idle, head deadline, body pause, unread response):
+        counters per connection, reset by the request path and bumped by a sweep here,
+        so a request pays a store or two, not a timer."""
+        idle = self.settings.client_idle_seconds
+        head = self.settings.client_head_seconds
+        body = self.settings.client_body_seconds
+        interval = min(1.0, idle / 4, head / 4, body / 4)
         sweeps, body_sweeps = max(1, round(idle / interval)), max(1, round(body / interval))
+        # A head starts between two sweeps: one more makes the deadline a minimum.
+        head_sweeps = math.ceil(head / interval - 1e-9) + 1
         while True:
             await asyncio.sleep(interval)
-            self.ctx.close_idle(sweeps, body_sweeps, body)
+            self.ctx.close_idle(sweeps, head_sweeps, body_sweeps, body)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--client-idle-timeout", type=float, default=60.0, metavar="S",
                         help="close a client connection that sends nothing for S seconds "
                              "between requests or inside a request head (default 60)")
+    common.add_argument("--client-head-timeout", type=float, default=10.0, metavar="S",
+                        help="answer 408 and close when a request head has not arrived whole "
+                             "S seconds after its first byte (default 10)")
     common.add_argument("--client-body-timeout", type=float, default=60.0, metavar="S",
                         help="answer 408 (or cut the response) when a client pauses S seconds "
                              "inside a request body or stops reading its response (default 60)")

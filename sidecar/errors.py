@@ -18,14 +18,17 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "bad_request": (400, "Bad Request"),
     "missing_shard_key": (400, "Bad Request"),
     "invalid_shard_key": (400, "Bad Request"),
+    "ambiguous_shard_key": (400, "Bad Request"),
     "unknown_route": (404, "Not Found"),
     "not_found": (404, "Not Found"),
     "method_not_allowed": (405, "Method Not Allowed"),
     "body_too_large": (413, "Payload Too Large"),
     "client_timeout": (408, "Request Timeout"),
+    "request_timeout": (408, "Request Timeout"),
     "expectation_failed": (417, "Expectation Failed"),
     "uri_too_long": (414, "URI Too Long"),
     "headers_too_large": (431, "Request Header Fields Too Large"),
+    "unsupported_transfer_encoding": (501, "Not Implemented"),
     "upstream_error": (502, "Bad Gateway"),
     "shard_unavailable": (503, "Service Unavailable"),
     "shard_map_not_ready": (503, "Service Unavailable"),
@@ -36,6 +39,16 @@ CODES: Final[dict[str, tuple[int, str]]] = {
 
 #: Seconds a client should wait before retrying a 503.
 RETRY_AFTER_SECONDS: Final = 1
+
+
+#: Longest piece of a client's value quoted in an error message.
+_QUOTE_LIMIT: Final = 64
+
+
+def quote(value: bytes | str) -> str:
+    """A client-sent value for an error message: decoded, cut short when long."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text if len(text) <= _QUOTE_LIMIT else text[:_QUOTE_LIMIT] + "..."
 
 
 class ProxyError(Exception):

@@ -54,6 +54,8 @@ class Exchange:
     url = b""
     content_length: bytes | None = None
     chunked = False
+    #: The Transfer-Encoding lines, comma-joined (ClientConnection checks them).
+    transfer_encoding: bytes | None = None
     expect_continue = False
     #: An Expect other than 100-continue, which no one here can meet (417).
     expect_other: bytes | None = None
@@ -120,15 +122,28 @@ class Exchange:
             return
         name, self.target, rest, query = parts
         state = conn.ctx.map.routes.get(name)
+        kind = state.key_kind if state is not None else ""
+        # Host and the key header in one pass, checked before anything goes upstream.
+        if kind == "header":
+            assert state is not None
+            hosts, host, value, other = http11.scan_head(self.head, state.key_header,
+                                                         state.key_spelling)
+        else:
+            hosts, host, value, other = http11.scan_head(self.head, b"", b"")
+        if hosts != 1 or 0x2C in host:  # check_host's common case inline: one Host, no list
+            error = http11.check_host(hosts, host, self.http10)
+            if error is not None:
+                self.fail(error)
+                return
         if state is None:
             self.no_route(name, rest, query)
             return
         self.state = state
         source = state.key
-        kind = state.key_kind
         if kind == "header":
             try:
-                value = http11.header_value(self.head, state.key_header, state.key_spelling)
+                if other is not None:
+                    raise keys.ambiguous(source, value, other)
                 key = keys.from_header(value, source)
             except ProxyError as err:
                 self.fail(err)

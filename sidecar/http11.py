@@ -14,6 +14,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Final
 
+from sidecar.errors import ProxyError, quote
+
 #: Request headers the proxy consumes or re-makes instead of forwarding.
 REQUEST_SPECIAL: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -142,16 +144,63 @@ def response_special(name: bytes) -> bytes:
     return _RESPONSE_NAMES.find(name)
 
 
-def header_value(head: list[bytes], lname: bytes, usual: bytes) -> bytes | None:
-    """The first value of header ``lname`` (lower-cased; ``usual`` is its usual
-    spelling, compared first) in a head built as ``[first line, name, b": ", value,
-    CRLF, ...]``, or None."""
+def scan_head(head: list[bytes], lname: bytes, usual: bytes,
+              ) -> tuple[int, bytes, bytes | None, bytes | None]:
+    """One pass over a head built as ``[first line, name, b": ", value, CRLF, ...]``:
+    (how many Host fields, the last Host value, the first value of header ``lname``
+    (lower-cased; ``usual``, its usual spelling, is compared first), a later value of
+    it that differs from the first once stripped of OWS, else None). ``lname`` b""
+    looks for no header."""
+    hosts = 0
+    host = b""
+    first: bytes | None = None
+    other: bytes | None = None
     n = len(lname)
     for i in range(1, len(head) - 3, 4):
         name = head[i]
-        if len(name) == n and (name == usual or name.lower() == lname):
-            return head[i + 2]
-    return None
+        size = len(name)
+        if size == n and (name == usual or name.lower() == lname):
+            value = head[i + 2]
+            if first is None:
+                first = value
+            elif other is None and value.strip(b" \t") != first.strip(b" \t"):
+                other = value
+        if size == 4 and (name == b"Host" or name.lower() == b"host"):
+            hosts += 1
+            host = head[i + 2]
+    return hosts, host, first, other
+
+
+def check_host(hosts: int, host: bytes, http10: bool) -> ProxyError | None:
+    """RFC 9112 §3.2: exactly one Host field line (HTTP/1.0 may have none), one value."""
+    if hosts == 1 and 0x2C not in host:  # the common case: one Host, no list
+        return None
+    if hosts == 0:
+        if http10:
+            return None
+        return ProxyError("bad_request", "an HTTP/1.1 request must have a Host header")
+    if hosts > 1:
+        return ProxyError("bad_request", f"the request has {hosts} Host headers: one is allowed")
+    return ProxyError("bad_request", f"Host '{quote(host)}' is a list: one host is allowed")
+
+
+def check_transfer_encoding(value: bytes, http10: bool) -> ProxyError | None:
+    """RFC 9112 §6.1 and §6.3 for a request's Transfer-Encoding (all its field lines,
+    comma-joined): only ``chunked`` alone is forwarded. Chunked not final (or
+    repeated), or any Transfer-Encoding in HTTP/1.0, leaves the body length unknown:
+    400, and the connection closes. A coding before the final chunked is valid
+    framing that no backend is known to decode: 501, as nginx answers."""
+    codings = [c.strip(b" \t").lower() for c in value.split(b",")]
+    if http10:
+        return ProxyError("bad_request", f"Transfer-Encoding '{quote(value)}' in an HTTP/1.0 "
+                          "request: its body length is unknown")
+    if codings == [b"chunked"]:
+        return None
+    if codings[-1] != b"chunked" or b"chunked" in codings[:-1]:
+        return ProxyError("bad_request", f"Transfer-Encoding '{quote(value)}' does not end "
+                          "with one chunked: the body length is unknown")
+    return ProxyError("unsupported_transfer_encoding", f"Transfer-Encoding '{quote(value)}': "
+                      "only chunked is supported")
 
 
 def split_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:

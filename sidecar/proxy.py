@@ -8,8 +8,13 @@ Design rules:
   client, a full client write buffer pauses reading from the backend.
 - Responses are collected in ``out`` and written once per event (``flush``),
   so a small response costs one write system call.
-- Request heads are bounded (request line, header bytes); a malformed stream is
-  answered once with an error and closed.
+- Request heads are bounded (request line, header bytes, and time from their
+  first byte); a malformed stream is answered once with an error and closed.
+- Trailer fields of a chunked request are read and dropped: never forwarded,
+  never taken for header fields, never routed on (RFC 9110 §6.5.1). Their bytes
+  are bounded like a head's.
+- Nothing of a request that will be refused reaches a backend: framing, Host and
+  the key are checked before its head is written upstream.
 - Timeouts cost the request path no timer: sweeps over the connections
   (``Context.expire`` every 50 ms for the backend side, ``Context.close_idle``
   for the client side) read per-connection deadlines, flags and counters.
@@ -78,6 +83,7 @@ class Context:
         # cost an attribute lookup each.
         self.max_request_line = settings.max_request_line
         self.max_header_bytes = settings.max_header_bytes
+        self.head_timeout = settings.client_head_seconds
         self.connections: set[ClientConnection] = set()
         #: Over the cap: answered 503, closed once read or after a sweep.
         self.rejected: set[ClientConnection] = set()
@@ -106,13 +112,21 @@ class Context:
     def release(self, conn: ClientConnection) -> None:
         self.buffered -= self.buffering.pop(conn, 0)
 
-    def close_idle(self, sweeps: int, body_sweeps: int, body_seconds: float) -> None:
-        """The client side's timeouts, counted in sweeps; a read resets the count.
+    def close_idle(self, sweeps: int, head_sweeps: int, body_sweeps: int,
+                   body_seconds: float) -> None:
+        """The client side's timeouts, counted in sweeps; a read resets the idle count.
 
-        Idle between requests or stuck inside a request head for ``sweeps``: closed.
-        Paused inside a request body for ``body_sweeps``: 408 and a close. Not
-        reading its response (our writes paused) for ``body_sweeps``: cut. A request
-        waiting on its backend is the backend's time (``expire``).
+        - Idle between requests or stuck inside a request head for ``sweeps``: closed.
+        - A request head arriving for ``head_sweeps`` (trickled in, which no gap ever
+          times out), or bytes sent in as many sweeps in a row without beginning a
+          request (empty lines, which llhttp skips): 408 ``request_timeout`` and a
+          close. Not while reading is paused: that wait is ours.
+        - Paused inside a request body for ``body_sweeps``: 408 ``client_timeout``
+          and a close (``body_stalled``).
+        - Not reading its response (our writes paused) for ``body_sweeps``: cut.
+        - Over the connection cap (``rejected``): reset after two sweeps.
+
+        A request waiting on its backend is the backend's time (``expire``).
         """
         for conn in list(self.rejected):
             conn.idle_sweeps += 1
@@ -121,6 +135,16 @@ class Context:
         for conn in [c for c in self.buffering if not c.holds_full_buffer()]:
             self.release(conn)  # a json: body that was read or dropped
         for conn in list(self.connections):
+            if not conn.blocked and (conn.in_head or (conn.idle_sweeps == 0 and
+                                                      conn.parsing is None and not conn.queue)):
+                conn.head_sweeps += 1
+                if conn.head_sweeps >= head_sweeps:
+                    conn.protocol_error(ProxyError(
+                        "request_timeout",
+                        f"the request head did not arrive within {self.head_timeout:g}s "
+                        "(--client-head-timeout)"))
+                    if not conn.write_paused:
+                        continue
             if conn.write_paused:
                 conn.write_sweeps += 1
                 if conn.write_sweeps >= body_sweeps:
@@ -214,6 +238,14 @@ class ClientConnection(asyncio.Protocol):
         self.idle_sweeps = 0
         #: Sweeps since writing to the client paused (it does not read its response).
         self.write_sweeps = 0
+        #: Sweeps since the current head began (Context.close_idle).
+        self.head_sweeps = 0
+        #: A chunk-size line was parsed and no chunk data followed yet: the reads
+        #: until then are a chunk extension or the trailer section.
+        self.chunk_head = False
+        self.trailer_bytes = 0
+        #: After a protocol error behind earlier requests: written once they are answered.
+        self.final_error: bytes | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------
 
@@ -251,6 +283,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.chunk_bytes = len(data)
         self.idle_sweeps = 0
+        trailing = self.chunk_head
         try:
             self.feed(data)
         except httptools.HttpParserUpgrade:
@@ -271,6 +304,12 @@ class ClientConnection(asyncio.Protocol):
             if self.head_bytes > ctx.max_header_bytes + ctx.max_request_line:
                 self.protocol_error(ProxyError(
                     "headers_too_large", f"request head is over {ctx.max_header_bytes} bytes"))
+        elif trailing and self.chunk_head:  # a whole read inside the trailer section
+            self.trailer_bytes += len(data)
+            if self.trailer_bytes > self.ctx.max_header_bytes:
+                self.protocol_error(ProxyError(
+                    "headers_too_large",
+                    f"request trailer section is over {self.ctx.max_header_bytes} bytes"))
         if self.out:  # usually empty: responses are written from the backend's side
             self.flush()
 
@@ -324,7 +363,7 @@ class ClientConnection(asyncio.Protocol):
         if len(self.queue) > _PIPELINE_LIMIT:
             self.block(BLOCK_PIPELINE)
         self.in_head = True
-        self.head_bytes = self.header_bytes = 0
+        self.head_bytes = self.header_bytes = self.head_sweeps = 0
 
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
@@ -337,6 +376,8 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
+        if exchange.headers_done:
+            return  # a trailer field: dropped (the module's docstring says why)
         special = http11.request_special(name)
         if not special:  # forwarded as sent: four appends cost less than one tuple +=
             head = exchange.head
@@ -349,7 +390,10 @@ class ClientConnection(asyncio.Protocol):
         if special == b"content-length":
             exchange.content_length = value
         elif special == b"transfer-encoding":
-            exchange.chunked = b"chunked" in value.lower()
+            # Every line counts (llhttp frames by the last): checked whole at the head's end.
+            te = exchange.transfer_encoding
+            exchange.transfer_encoding = value if te is None else te + b", " + value
+            exchange.chunked = exchange.hop_headers = True
         elif special == b"expect":
             if value.strip().lower() == b"100-continue":
                 exchange.expect_continue = True
@@ -380,13 +424,26 @@ class ClientConnection(asyncio.Protocol):
         # version string (formatted on each call) is not needed.
         if not keep_alive or exchange.hop_headers:
             exchange.http10 = parser.get_http_version() == "1.0"
+        if exchange.transfer_encoding is not None:
+            # Before anything is sent: llhttp refuses some of these only after this callback.
+            error = http11.check_transfer_encoding(exchange.transfer_encoding, exchange.http10)
+            if error is not None:
+                raise error
         exchange.headers_done = True
         if self.should_upgrade():
             exchange.keep_alive = False  # no tunnels: answer this one request, then close
         if self.queue and self.queue[0] is exchange and not self.dispatching:
             exchange.start()
 
+    def on_chunk_header(self) -> None:
+        self.chunk_head = True
+        self.trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_head = False
+
     def on_body(self, body: bytes) -> None:
+        self.chunk_head = False
         exchange = self.parsing
         if exchange is not None:
             exchange.body(body)
@@ -458,6 +515,10 @@ class ClientConnection(asyncio.Protocol):
         if exchange.close_after:
             self.close_after_flush()
             return
+        if self.final_error is not None and not queue:
+            self.write(self.final_error)
+            self.close_after_flush()
+            return
         if self.blocked & BLOCK_PIPELINE and len(queue) <= _PIPELINE_LIMIT // 2:
             self.unblock(BLOCK_PIPELINE)
         if self.dispatching:
@@ -495,14 +556,13 @@ class ClientConnection(asyncio.Protocol):
             return
         error_response = render(error, close=True)
         self.parsing = None
-        self.in_head = False
+        self.in_head = self.chunk_head = False
         if not self.queue:
             self.write(error_response)
             self.close_after_flush()
         else:
-            # Let earlier exchanges finish; then the last one closes the connection.
-            self.queue[-1].keep_alive = False
-            self.queue[-1].close_after = True
+            # Earlier exchanges are answered first; exchange_done then writes this.
+            self.final_error = error_response
             self.ignore_input = True
 
     def abort(self) -> None:

@@ -81,6 +81,9 @@ class Settings:
     #: A client connection that sends nothing for this long while no request of
     #: its is in progress (idle keep-alive, or a request head that stalls) is closed.
     client_idle_seconds: float = 60.0
+    #: A request head must arrive whole within this long of its first byte (408 beyond),
+    #: however steadily it trickles in.
+    client_head_seconds: float = 10.0
 
     @property
     def static(self) -> bool:
@@ -89,7 +92,8 @@ class Settings:
 
 def parse_hostport(flag: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isascii() or not port.isdigit() or len(port) > 5 \
+            or not 0 <= int(port) <= 65535:
         raise SettingsError(f"invalid value '{value}' for {flag}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 
@@ -134,6 +138,7 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     if args.drain_seconds < 0:
         raise SettingsError(f"invalid value '{args.drain_seconds}' for --drain-seconds")
     for flag, seconds in (("--client-idle-timeout", args.client_idle_timeout),
+                          ("--client-head-timeout", args.client_head_timeout),
                           ("--client-body-timeout", args.client_body_timeout),
                           ("--connect-timeout", args.connect_timeout)):
         if not seconds > 0:
@@ -156,6 +161,7 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         pod_namespace=namespace,
         drain_seconds=args.drain_seconds,
         client_idle_seconds=args.client_idle_timeout,
+        client_head_seconds=args.client_head_timeout,
         client_body_seconds=args.client_body_timeout,
         connect_timeout=args.connect_timeout,
         max_connections=max_connections,

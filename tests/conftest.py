@@ -146,9 +146,20 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     name = namespace_name(request.node.name)
     api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=name, labels={"shardmesh.test/owner": "pytest"})))
-    wait_for(lambda: api.read_namespaced_service_account("default", name),
-             f"ServiceAccount 'default' in namespace {name} (kube-controller-manager)",
-             timeout=30)
+    try:
+        wait_for(lambda: api.read_namespaced_service_account("default", name),
+                 f"ServiceAccount 'default' in namespace {name} (kube-controller-manager)",
+                 timeout=10)
+    except AssertionError:
+        # On a loaded 2-core machine the controller-manager's serviceaccount
+        # controller was seen to lag past 30 s; no test here is about that
+        # controller, so make what it would have made (409: it just did).
+        try:
+            api.create_namespaced_service_account(name, client.V1ServiceAccount(
+                metadata=client.V1ObjectMeta(name="default")))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
     yield name
     try:
         api.delete_namespace(name)

@@ -66,3 +66,27 @@ def test_route_command_plain_output_and_bad_count(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out == "7\t1\naccount-7\t2\n"
     assert route_main(["--count", "0", "7"]) == 2
     assert "--count must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_route_slot_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    assert route_main(["--slots", "64", "7", "account-7"]) == 0
+    from sidecar.shardfn import ordinal_for
+
+    slot = ordinal_for("account-7", "modulo", 64)
+    assert capsys.readouterr().out == f"7\t7\naccount-7\t{slot}\n"
+    assert route_main(["--slots", "64", "--assignment", "0-21:0,22-42:1,43-63:2",
+                       "7", "30", "63"]) == 0
+    assert capsys.readouterr().out == "7\t7\t0\n30\t30\t1\n63\t63\t2\n"
+    assert route_main(["--slots", "64", "--assignment", "0-21:0,22-42:1,43-63:2", "--epoch",
+                       "4", "--json", "--strategy", "jump", "42"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record == {"key": "42", "strategy": "jump", "slot": ordinal_for("42", "jump", 64),
+                      "slots": 64, "epoch": 4, "ordinal": record["ordinal"]}
+    assert record["ordinal"] in (0, 1, 2)
+    assert route_main(["--slots", "64", "--assignment", "0-21:0", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid value '0-21:0' for annotation 'shard.io/assignment'" in err
+    assert "42 of 64 slots have no owner" in err
+    assert route_main(["--slots", "0", "7"]) == 2
+    assert route_main(["--slots", "8", "--count", "3", "7"]) == 2
+    assert route_main(["7"]) == 2

@@ -74,6 +74,10 @@ class Kubelet:
         """The loopback IP that pod gets (or has); known before the pod exists."""
         return ALLOCATOR.ip_for(namespace, pod_name)
 
+    def assign_ip(self, namespace: str, pod_name: str, ip: str) -> None:
+        """Report ``ip`` as that pod's IP instead of a loopback one (call before it exists)."""
+        ALLOCATOR.assign(namespace, pod_name, ip)
+
     def set_ready(self, namespace: str, pod_name: str, ready: bool) -> None:
         """Set the pod's Ready/ContainersReady to ``ready`` (now or once it exists); keep it so."""
         with self._lock:

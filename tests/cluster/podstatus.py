@@ -38,6 +38,12 @@ class IpAllocator:
         self._by_pod: dict[tuple[str, str], str] = {}
         self._taken: set[str] = set()
 
+    def assign(self, namespace: str, name: str, ip: str) -> None:
+        """Give a pod a chosen IP (e.g. one in a network namespace the API server can reach)."""
+        with self._lock:
+            self._by_pod[(namespace, name)] = ip
+            self._taken.add(ip)
+
     def ip_for(self, namespace: str, name: str) -> str:
         key = (namespace, name)
         with self._lock:

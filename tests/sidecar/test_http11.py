@@ -102,9 +102,12 @@ def test_special_names_odd_input(name: bytes) -> None:
     assert http11.response_special(name) == b""
 
 
-def test_header_value_first_of_any_spelling() -> None:
+def test_scan_head_finds_any_spelling_and_a_second_value() -> None:
     head = [b"", b"Host", b": ", b"a", b"\r\n", b"x-SHARD-key", b": ", b"7", b"\r\n",
-            b"X-Shard-Key", b": ", b"8", b"\r\n"]
-    assert http11.header_value(head, b"x-shard-key", b"X-Shard-Key") == b"7"
-    assert http11.header_value(head, b"x-tenant", b"X-Tenant") is None
+            b"X-Shard-Key", b": ", b" 7 ", b"\r\n", b"HOST", b": ", b"b", b"\r\n",
+            b"X-SHARD-KEY", b": ", b"8", b"\r\n"]
+    assert http11.scan_head(head, b"x-shard-key", b"X-Shard-Key") == (2, b"b", b"7", b"8")
+    assert http11.scan_head(head[:10], b"x-shard-key", b"X-Shard-Key") == (1, b"a", b"7", None)
+    assert http11.scan_head(head, b"x-tenant", b"X-Tenant") == (2, b"b", None, None)
+    assert http11.scan_head(head, b"", b"") == (2, b"b", None, None)
     assert http11.title_case(b"x-shard-key") == b"X-Shard-Key"

@@ -197,6 +197,37 @@ def test_an_upload_that_stalls_gets_408_and_a_close(
     assert error["error"] == "client_timeout" and "0.5s" in error["message"]
 
 
+
+def test_one_sweep_tells_a_slow_head_a_stalled_body_and_an_idle_client_apart(
+        backends: list[Backend], make_sidecar: Callable[..., SidecarThread]) -> None:
+    """The head deadline (request_timeout), the body pause (client_timeout) and the
+    idle timeout, all from the one client sweep, each on the connection it concerns."""
+    sidecar = make_sidecar("--route", f"svc={backends[0].address}", "--static-probe", "0",
+                           "--client-head-timeout", "0.6", "--client-body-timeout", "0.6",
+                           "--client-idle-timeout", "5")
+    port = sidecar.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as head, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as body, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+        body.sendall(b"POST /svc/up HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 0\r\n"
+                     b"Content-Length: 100\r\n\r\n0123456789")
+        trickle = b"GET /svc/x HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n"
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for i in range(20):  # one byte every 0.1 s: no gap reaches any timeout
+                head.sendall(trickle[i:i + 1])
+                time.sleep(0.1)
+        head_data, head_closed = read_all(head, 3)
+        body_data, body_closed = read_all(body, 3)
+        assert time.monotonic() - started < 4
+        idle.sendall(b"GET /svc/x HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n\r\n")
+        idle.settimeout(5)
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    assert head_closed and head_data.startswith(b"HTTP/1.1 408"), head_data
+    assert json.loads(head_data.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+    assert body_closed and body_data.startswith(b"HTTP/1.1 408"), body_data
+    assert json.loads(body_data.partition(b"\r\n\r\n")[2])["error"] == "client_timeout"
+
 # --- 7: a close-delimited body cut by a reset ----------------------------------------
 
 
@@ -468,9 +499,20 @@ def test_the_readme_lists_every_limit_flag_with_its_default() -> None:
                 if a.option_strings}
     for flag, default, shown in (
             ("--connect-timeout", 3.0, "3 s"), ("--timeout", "30s", "30 s"),
-            ("--client-idle-timeout", 60.0, "60 s"), ("--client-body-timeout", 60.0, "60 s"),
+            ("--client-idle-timeout", 60.0, "60 s"), ("--client-head-timeout", 10.0, "10 s"),
+            ("--client-body-timeout", 60.0, "60 s"),
             ("--max-connections", 1024, "1024"), ("--buffer-budget", 32 << 20, "32 MiB"),
             ("--max-json-body", 1 << 20, "1 MiB"), ("--drain-seconds", 15.0, "15 s")):
         row = next((line for line in table.splitlines() if f"`{flag}`" in line), "")
         assert row, f"{flag} is not in the README's limits table"
         assert defaults[flag] == default and f"| {shown}" in row, (flag, row)
+
+
+def test_the_readme_lists_every_error_code() -> None:
+    from sidecar.errors import CODES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Failure behaviour")[1].split("\n## ")[0]
+    # shutting_down is defined but never answered: a draining sidecar closes instead.
+    missing = [code for code in CODES if f"`{code}`" not in table and code != "shutting_down"]
+    assert not missing, f"error codes missing from the README's Failure behaviour table: {missing}"
