@@ -227,7 +227,8 @@ def parse_duration(key: str, value: str) -> float:
 
 def parse_max_connections(key: str, value: str) -> int:
     """An integer from 1 to ``MAX_MAX_CONNECTIONS``."""
-    if not value.isascii() or not value.isdigit() or \
+    # The length first: int() refuses over 4300 digits with a ValueError of its own.
+    if not value.isascii() or not value.isdigit() or len(value) > 6 or \
             not 1 <= int(value) <= MAX_MAX_CONNECTIONS:
         raise AnnotationError(key, value, f"expected an integer from 1 to {MAX_MAX_CONNECTIONS}")
     return int(value)

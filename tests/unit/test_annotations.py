@@ -85,3 +85,9 @@ def test_max_connections_is_pod_wide_and_optional() -> None:
     assert ann.max_connections({}) is None
     assert ann.max_connections({ann.MAX_CONNECTIONS: "500"}) == 500
     assert ann.validate_pod({ann.BACKEND: "s", ann.MAX_CONNECTIONS: "100000"}, "app")
+
+
+def test_max_connections_past_python_int_digit_limit_is_an_annotation_error() -> None:
+    # int() refuses over 4300 digits with a ValueError: the length is checked first.
+    with pytest.raises(AnnotationError, match="from 1 to 100000"):
+        ann.max_connections({ann.MAX_CONNECTIONS: "9" * 5000})
