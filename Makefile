@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-instructions golden clean lock wheel smoke smoke-wheel smoke-image image
+.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
 
 # The venv holds exactly the pinned, hash-checked requirements/dev.txt (the
 # runtime pins of requirements/runtime.txt, the test tools, and the build
@@ -112,6 +112,11 @@ bench-sidecar: venv compile
 bench-instructions: venv compile
 	@bash bench/ensure-peers.sh wrk nginx valgrind
 	$(BIN)/python bench/sidecar_instructions.py
+
+# Mixed traffic with faults through a sidecar process for DURATION seconds (default 600):
+# RSS and fds over time, misroutes and lost requests (both must be 0).
+soak: venv compile
+	$(BIN)/python bench/soak.py --duration $(or $(DURATION),600)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist $(COMPILED_STAMP)

@@ -35,13 +35,16 @@ CPU_REQUEST: Final = "shard.io/sidecar-cpu-request"
 CPU_LIMIT: Final = "shard.io/sidecar-cpu-limit"
 MEMORY_REQUEST: Final = "shard.io/sidecar-memory-request"
 MEMORY_LIMIT: Final = "shard.io/sidecar-memory-limit"
+#: Client connections the sidecar serves at once (pod-wide, no per-route form).
+MAX_CONNECTIONS: Final = "shard.io/max-connections"
 #: Namespace label that takes a namespace out of the webhook's namespaceSelector.
 ADMISSION_WEBHOOKS_LABEL: Final = "shard.io/admission-webhooks"
 
 #: Options that take an optional ``.<route>`` suffix.
 ROUTE_OPTIONS: Final = (KEY, STRATEGY, UNAVAILABLE, TIMEOUT)
 RESOURCE_OPTIONS: Final = (CPU_REQUEST, CPU_LIMIT, MEMORY_REQUEST, MEMORY_LIMIT)
-KNOWN: Final = frozenset((INJECT, STATUS, BACKEND, *ROUTE_OPTIONS, *RESOURCE_OPTIONS))
+KNOWN: Final = frozenset((INJECT, STATUS, BACKEND, MAX_CONNECTIONS, *ROUTE_OPTIONS,
+                          *RESOURCE_OPTIONS))
 
 DEFAULT_KEY: Final = "header:X-Shard-Key"
 DEFAULT_STRATEGY: Final[Strategy] = "modulo"
@@ -53,6 +56,10 @@ DEFAULT_RESOURCES: Final = {
     MEMORY_LIMIT: "128Mi",
 }
 MAX_WAIT_MS: Final = 60_000
+#: About 10 KiB of RSS each when idle, more with bodies in flight: 1024 keeps the
+#: sidecar far under the 128Mi memory limit it is injected with (README, Limits).
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+MAX_MAX_CONNECTIONS: Final = 100_000
 MAX_TIMEOUT_S: Final = 3600.0
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -218,6 +225,21 @@ def parse_duration(key: str, value: str) -> float:
     return seconds
 
 
+def parse_max_connections(key: str, value: str) -> int:
+    """An integer from 1 to ``MAX_MAX_CONNECTIONS``."""
+    # The length first: int() refuses over 4300 digits with a ValueError of its own.
+    if not value.isascii() or not value.isdigit() or len(value) > 6 or \
+            not 1 <= int(value) <= MAX_MAX_CONNECTIONS:
+        raise AnnotationError(key, value, f"expected an integer from 1 to {MAX_MAX_CONNECTIONS}")
+    return int(value)
+
+
+def max_connections(annotations: Mapping[str, str]) -> int | None:
+    """``shard.io/max-connections`` if the pod sets it, validated."""
+    value = annotations.get(MAX_CONNECTIONS)
+    return None if value is None else parse_max_connections(MAX_CONNECTIONS, value)
+
+
 def parse_quantity(key: str, value: str) -> Decimal:
     """A Kubernetes resource quantity (``100m``, ``64Mi``), as a number of base units."""
     match = _QUANTITY.fullmatch(value)
@@ -369,6 +391,7 @@ def validate_pod(annotations: Mapping[str, str], pod_namespace: str) -> tuple[Ro
         if option in annotations:
             parse(option, annotations[option])
     parse_resources(annotations)
+    max_connections(annotations)
     return routes
 
 

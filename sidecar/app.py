@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import logging
 import math
+import resource
 import signal
 import sys
 import time
@@ -18,7 +21,7 @@ from typing import Protocol
 import sidecar
 from sidecar.admin import AdminConnection
 from sidecar.metrics import Stats, StatsCollector, exposition, registry_for
-from sidecar.proxy import ClientConnection, Context
+from sidecar.proxy import ClientConnection, Context, effective_max_connections
 from sidecar.settings import Settings, StaticRoute
 from sidecar.shardmap import RouteState, Shard, ShardMap
 from sidecar.upstream import Pools
@@ -77,6 +80,26 @@ class StaticSource:
                     self._publish(route, ready)
 
 
+def return_freed_buffers() -> None:
+    """Have glibc map buffers of 128 KiB and more (reads, bodies) on their own, so that
+    freeing them returns the memory: by default it raises that threshold after the first
+    free, and a burst of slow readers would leave its peak in RSS for good."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
+def raise_nofile() -> int:
+    """Raise the soft file descriptor limit to the hard one; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 async def _accepts(address: tuple[str, int], timeout: float) -> bool:
     """Whether a TCP connection to ``address`` can be made (then closed at once)."""
     try:
@@ -110,7 +133,8 @@ class Sidecar:
             return StaticSource(self.settings, self.map)
         from sidecar.discovery import KubernetesSource
 
-        return KubernetesSource(self.settings, self.map, self.stats)
+        return KubernetesSource(self.settings, self.map, self.stats,
+                                on_max_connections=self.set_max_connections)
 
     def _map_changed(self, old: RouteState | None, new: RouteState | None) -> None:
         state = new or old
@@ -137,7 +161,19 @@ class Sidecar:
             return False, {"reason": "the annotations file has not been read yet"}
         return not waiting, {"unsynced_routes": waiting}
 
+    def set_max_connections(self, annotated: int | None) -> None:
+        """The cap: ``shard.io/max-connections`` if the pod sets it, else the flag, lowered
+        to what the file descriptor limit allows with backends' descriptors kept free."""
+        configured = self.settings.max_connections if annotated is None else annotated
+        cap = effective_max_connections(configured, raise_nofile())
+        if cap < configured:
+            log.warning("connection cap lowered from %d to %d: the file descriptor limit "
+                        "(ulimit -n) must hold a backend connection per client and a reserve",
+                        configured, cap)
+        self.ctx.max_connections = cap
+
     async def start(self) -> None:
+        self.set_max_connections(None)
         loop = asyncio.get_running_loop()
         host, port = self.settings.listen
         server = await loop.create_server(lambda: ClientConnection(self.ctx), host, port,
@@ -166,17 +202,19 @@ class Sidecar:
             self.ctx.expire(time.monotonic())
 
     async def _close_idle_clients(self) -> None:
-        """Client idle timeout: a counter per connection, reset by each read and
-        bumped by a sweep here, so the request path pays one store, not a timer."""
-        timeout = self.settings.client_idle_seconds
+        """The client side's timeouts (idle, head deadline, body pause, unread response):
+        counters per connection, reset by the request path and bumped by a sweep here,
+        so a request pays a store or two, not a timer."""
+        idle = self.settings.client_idle_seconds
         head = self.settings.client_head_seconds
-        interval = min(1.0, timeout / 4, head / 4)
-        sweeps = max(1, round(timeout / interval))
+        body = self.settings.client_body_seconds
+        interval = min(1.0, idle / 4, head / 4, body / 4)
+        sweeps, body_sweeps = max(1, round(idle / interval)), max(1, round(body / interval))
         # A head starts between two sweeps: one more makes the deadline a minimum.
         head_sweeps = math.ceil(head / interval - 1e-9) + 1
         while True:
             await asyncio.sleep(interval)
-            self.ctx.close_idle(sweeps, head_sweeps)
+            self.ctx.close_idle(sweeps, head_sweeps, body_sweeps, body)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""
@@ -203,6 +241,7 @@ class Sidecar:
 
 
 async def serve(settings: Settings) -> int:
+    return_freed_buffers()
     sidecar = Sidecar(settings)
     await sidecar.start()
     # Start-up objects (the Kubernetes client's modules, mostly) never die: keep them out of

@@ -34,6 +34,11 @@ Static mode (no Kubernetes)::
     until it accepts again. --strategy/--key/--unavailable/--timeout take the
     same values as the ``shard.io/*`` annotations and apply to every --route.
 
+Limits (both modes): --connect-timeout, --client-idle-timeout,
+--client-body-timeout, --max-connections (``shard.io/max-connections`` wins),
+--buffer-budget, --max-json-body; the README's "Limits and timeouts" says what
+each bounds and what the client sees.
+
 Ports: data on --listen (default ``127.0.0.1:15001``), ``/healthz``,
 ``/readyz`` and ``/metrics`` on --admin (default ``0.0.0.0:15020``); ``--admin
 off`` disables the admin listener. Exit codes: 0 after a clean SIGTERM/SIGINT
@@ -45,7 +50,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sidecar.annotations import AnnotationError
+from sidecar.annotations import DEFAULT_MAX_CONNECTIONS, AnnotationError
 from sidecar.settings import SettingsError, build_settings
 
 
@@ -85,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--client-head-timeout", type=float, default=10.0, metavar="S",
                         help="answer 408 and close when a request head has not arrived whole "
                              "S seconds after its first byte (default 10)")
+    common.add_argument("--client-body-timeout", type=float, default=60.0, metavar="S",
+                        help="answer 408 (or cut the response) when a client pauses S seconds "
+                             "inside a request body or stops reading its response (default 60)")
+    common.add_argument("--connect-timeout", type=float, default=3.0, metavar="S",
+                        help="seconds a connect to a backend may take; tried twice, then 502 "
+                             "(default 3)")
+    common.add_argument("--max-connections", default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="client connections served at once; more get 503 "
+                             f"too_many_connections (default {DEFAULT_MAX_CONNECTIONS}; the "
+                             "shard.io/max-connections annotation overrides it)")
+    common.add_argument("--buffer-budget", type=int, default=32 << 20, metavar="BYTES",
+                        help="bytes all connections may hold in full buffers (slow readers, "
+                             "slow backends, json: bodies); over it the connection that held "
+                             "one longest is cut (default 32 MiB)")
     common.add_argument("--max-json-body", type=int, default=1 << 20, metavar="BYTES",
                         help="largest body read to extract a json: key (default 1 MiB; 413 beyond)")
     common.add_argument("--log-level", default="info",

@@ -343,8 +343,11 @@ class RouteWatch:
 class KubernetesSource:
     """Routes from the annotations file; each route's map from its watches."""
 
-    def __init__(self, settings: Settings, shard_map: ShardMap, stats: Stats) -> None:
+    def __init__(self, settings: Settings, shard_map: ShardMap, stats: Stats,
+                 on_max_connections: Callable[[int | None], None] | None = None) -> None:
         self.settings, self.map, self.stats = settings, shard_map, stats
+        #: Told ``shard.io/max-connections`` (None when unset) on every good reload.
+        self.on_max_connections = on_max_connections
         assert settings.annotations_file is not None
         self.file = AnnotationsFile(settings.annotations_file, settings.pod_namespace)
         self.watches: dict[str, RouteWatch] = {}
@@ -383,6 +386,8 @@ class KubernetesSource:
             return
         self.stats.annotation_reloads["ok"] += 1
         self.loaded = True
+        if self.on_max_connections is not None:
+            self.on_max_connections(self.file.max_connections)
         self.apply(specs)
 
     def apply(self, specs: tuple[RouteSpec, ...]) -> None:

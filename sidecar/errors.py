@@ -23,6 +23,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "not_found": (404, "Not Found"),
     "method_not_allowed": (405, "Method Not Allowed"),
     "body_too_large": (413, "Payload Too Large"),
+    "client_timeout": (408, "Request Timeout"),
     "request_timeout": (408, "Request Timeout"),
     "expectation_failed": (417, "Expectation Failed"),
     "uri_too_long": (414, "URI Too Long"),
@@ -32,6 +33,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "shard_unavailable": (503, "Service Unavailable"),
     "shard_map_not_ready": (503, "Service Unavailable"),
     "shutting_down": (503, "Service Unavailable"),
+    "too_many_connections": (503, "Service Unavailable"),
     "upstream_timeout": (504, "Gateway Timeout"),
 }
 

@@ -73,7 +73,9 @@ class Exchange:
     ordinal = -1
     shard: Shard | None = None
     task: asyncio.Task[None] | None = None
-    #: When the response head is due (Context.expire); 0 when none is awaited.
+    #: When the current wait on the backend ends (Context.expire): its response head
+    #: (the clock starts once the whole request was handed to it), its next body
+    #: bytes, or its reading of the upload. 0 when none is timed.
     deadline = 0.0
     started = 0.0
     status = 0
@@ -303,7 +305,8 @@ class Exchange:
         if self.expect_continue and not self.request_done and not self.json_mode:
             conn.write(http11.CONTINUE)
             conn.flush()
-        self.deadline = conn.now() + state.timeout_s
+        if self.request_done:  # else complete() starts the clock: an upload is not the backend's
+            self.deadline = conn.now() + state.timeout_s
         upstream.start(self, b"".join(head), self.method == _HEAD)
         if conn.write_paused:
             upstream.set_reading(False)
@@ -320,6 +323,9 @@ class Exchange:
         self.pending_bytes += len(data)
         if self.json_mode:
             self.check_json_size()
+            if self.pending_bytes > _PENDING_LIMIT and not self.finished:
+                conn = self.conn
+                conn.ctx.hold(conn, conn.ctx.settings.max_json_body + _PENDING_LIMIT)
         elif self.pending_bytes > _PENDING_LIMIT:
             self.conn.block(BLOCK_PENDING)
 
@@ -338,6 +344,9 @@ class Exchange:
         if upstream is not None:
             if self.chunked and upstream.transport is not None:
                 upstream.transport.write(http11.LAST_CHUNK)
+            state = self.state
+            if not self.response_started and state is not None:
+                self.deadline = self.conn.now() + state.timeout_s  # time to first byte
         elif self.json_mode and self.task is None and self.headers_done and \
                 self.conn.queue and self.conn.queue[0] is self:
             self.route_json()
@@ -399,10 +408,9 @@ class Exchange:
         state = self.state
         assert state is not None and self.shard is not None
         if self.response_started:
-            # Mid-body: the client must not take a cut response for a whole one.
             log.warning("route %s ordinal %d: %s mid-response", state.spec.name, self.ordinal,
                         error)
-            self.conn.abort()
+            self.cut(self.response_chunked or up.content_length is not None)
             return
         if (up.used and not up.got_bytes and not self.retried and not self.has_body
                 and self.method in _RETRY_METHODS):
@@ -420,17 +428,28 @@ class Exchange:
         self.conn.block(BLOCK_UPSTREAM)
 
     def on_upstream_drained(self) -> None:
+        if not self.request_done and not self.response_started:
+            self.deadline = 0.0  # the backend reads the upload again (Context.expire)
         self.conn.unblock(BLOCK_UPSTREAM)
 
     def on_timeout(self) -> None:
-        if self.finished or self.response_started:
+        """The backend kept us waiting ``shard.io/timeout``: for its response head,
+        for its next response bytes, or to read more of the upload."""
+        if self.finished:
             return
         state = self.state
         assert state is not None
         spec = state.spec
-        self.fail(ProxyError("upstream_timeout", f"ordinal {self.ordinal} of route "
-                             f"'{spec.name}' did not answer within {spec.timeout_s:g}s",
-                             route=spec.name, ordinal=self.ordinal))
+        where = f"ordinal {self.ordinal} of route '{spec.name}'"
+        if self.response_started:
+            up = self.upstream
+            log.warning("%s sent no response bytes for %gs mid-response: cut", where,
+                        spec.timeout_s)
+            self.cut(self.response_chunked or (up is not None and up.content_length is not None))
+            return
+        what = "answer" if self.request_done else "read more of the request body"
+        self.fail(ProxyError("upstream_timeout", f"{where} did not {what} within "
+                             f"{spec.timeout_s:g}s", route=spec.name, ordinal=self.ordinal))
 
     def flush(self) -> None:
         """The client connection's flush (the upstream calls it after every read)."""
@@ -439,8 +458,12 @@ class Exchange:
     # --- endings --------------------------------------------------------------
 
     def fail(self, error: ProxyError) -> None:
-        """Answer with an error (only before any response byte was sent)."""
+        """Answer with an error, or cut the response if it has begun."""
         if self.finished:
+            return
+        if self.response_started:
+            up = self.upstream
+            self.cut(self.response_chunked or (up is not None and up.content_length is not None))
             return
         if self.upstream is not None:
             self.upstream.abort()
@@ -492,6 +515,18 @@ class Exchange:
         if conn.blocked:
             conn.unblock(BLOCK_PENDING | BLOCK_UPSTREAM)
         conn.exchange_done(self)
+
+    def cut(self, framed: bool) -> None:
+        """End a response that has begun without completing it: the client must see
+        the truncation. What was read goes out, then a close comes before the last
+        chunk or the Content-Length is reached; a body delimited by the close itself
+        (an HTTP/1.0 client) would look whole that way, so it ends with a reset."""
+        conn = self.conn
+        self.abort()
+        if framed:
+            conn.close_after_flush()
+        else:
+            conn.abort()
 
     def abort(self) -> None:
         """The client went away: drop everything, never pool a half-used connection."""

@@ -15,11 +15,21 @@ Design rules:
   are bounded like a head's.
 - Nothing of a request that will be refused reaches a backend: framing, Host and
   the key are checked before its head is written upstream.
+- Timeouts cost the request path no timer: sweeps over the connections
+  (``Context.expire`` every 50 ms for the backend side, ``Context.close_idle``
+  for the client side) read per-connection deadlines, flags and counters.
+- Connections are capped (``--max-connections``, with file descriptors kept in
+  reserve for the backends): one over the cap gets a 503 and a close.
+- Memory is capped too: a connection holding a full buffer (its client does not
+  read, its backend does not read the upload, a body waits for a connection or
+  a ``json:`` key) counts against ``--buffer-budget``; over it, the one that has
+  held its buffer longest is cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Final, cast
@@ -28,7 +38,7 @@ import httptools
 
 from sidecar import http11
 from sidecar.errors import ProxyError, render
-from sidecar.exchange import BLOCK_PIPELINE, Exchange
+from sidecar.exchange import BLOCK_PENDING, BLOCK_PIPELINE, BLOCK_UPSTREAM, Exchange
 from sidecar.metrics import Stats
 from sidecar.settings import Settings
 from sidecar.shardmap import ShardMap
@@ -36,6 +46,31 @@ from sidecar.upstream import Pools, not_connected
 
 #: Pipelined requests queued behind a slow one before reading from the client pauses.
 _PIPELINE_LIMIT: Final = 64
+#: File descriptors kept free of client connections: listeners, the event loop, probes,
+#: the Kubernetes client, idle pooled connections beyond one per client.
+FD_RESERVE: Final = 80
+#: Refused connections lingering for their 503 to be read; beyond, refusals are resets.
+_REJECTED_LIMIT: Final = 256
+#: Any bytes the socket did not take at once pause the other side's reading until they
+#: are written: a small response never waits, and a connection holds at most one read
+#: (uvloop reads up to 256 KiB at a time) that it counts against the buffer budget.
+WRITE_HIGH: Final = 0
+#: What a connection holding a full buffer adds to RSS, as measured with 300 clients not
+#: reading a large body: one read from the other side and the allocator's overhead.
+BUFFER_WEIGHT: Final = 448 * 1024
+_FULL: Final = BLOCK_PENDING | BLOCK_UPSTREAM
+
+log = logging.getLogger("shardmesh.sidecar.proxy")
+# What a connection waits on its client for (ClientConnection.client_wait).
+WAIT_NONE: Final = 0
+WAIT_IDLE: Final = 1
+WAIT_BODY: Final = 2
+
+
+def effective_max_connections(configured: int, nofile: int) -> int:
+    """The connection cap: ``configured``, lowered so that every client connection can
+    also hold a backend connection with ``FD_RESERVE`` descriptors to spare."""
+    return max(1, min(configured, (nofile - FD_RESERVE) // 2))
 
 
 class Context:
@@ -50,18 +85,55 @@ class Context:
         self.max_header_bytes = settings.max_header_bytes
         self.head_timeout = settings.client_head_seconds
         self.connections: set[ClientConnection] = set()
+        #: Over the cap: answered 503, closed once read or after a sweep.
+        self.rejected: set[ClientConnection] = set()
+        self.max_connections = settings.max_connections
+        #: Connections holding a full buffer, oldest first, with the bytes each may hold.
+        self.buffering: dict[ClientConnection, int] = {}
+        self.buffered = 0
+        self.buffer_budget = settings.buffer_budget
         self.draining = False
 
-    def close_idle(self, sweeps: int, head_sweeps: int) -> None:
-        """Close the connections that waited ``sweeps`` sweeps for their client: idle
-        between requests, or stuck inside a request head (a slow or dead client).
-        A connection with a request past its head waits on the backend instead.
+    def hold(self, conn: ClientConnection, weight: int) -> None:
+        """``conn`` holds a full buffer: count it; over the budget, cut the oldest holders
+        (a reset: whoever stopped reading longest goes first, so a flood of slow readers
+        cannot keep the memory the sidecar needs under its limit)."""
+        if conn in self.buffering:
+            return
+        self.buffering[conn] = weight
+        self.buffered += weight
+        while self.buffered > self.buffer_budget and self.buffering:
+            oldest = next(iter(self.buffering))
+            self.release(oldest)
+            log.warning("buffer budget of %d bytes reached: cutting the connection that held "
+                        "a full buffer longest", self.buffer_budget)
+            oldest.abort()
 
-        Answer 408 and close a connection whose request head has been arriving for
-        ``head_sweeps`` sweeps (a head trickled in, which no gap ever times out), or
-        that sent bytes in as many sweeps in a row without beginning a request (empty
-        lines, which llhttp skips). Not while reading is paused: that wait is ours.
+    def release(self, conn: ClientConnection) -> None:
+        self.buffered -= self.buffering.pop(conn, 0)
+
+    def close_idle(self, sweeps: int, head_sweeps: int, body_sweeps: int,
+                   body_seconds: float) -> None:
+        """The client side's timeouts, counted in sweeps; a read resets the idle count.
+
+        - Idle between requests or stuck inside a request head for ``sweeps``: closed.
+        - A request head arriving for ``head_sweeps`` (trickled in, which no gap ever
+          times out), or bytes sent in as many sweeps in a row without beginning a
+          request (empty lines, which llhttp skips): 408 ``request_timeout`` and a
+          close. Not while reading is paused: that wait is ours.
+        - Paused inside a request body for ``body_sweeps``: 408 ``client_timeout``
+          and a close (``body_stalled``).
+        - Not reading its response (our writes paused) for ``body_sweeps``: cut.
+        - Over the connection cap (``rejected``): reset after two sweeps.
+
+        A request waiting on its backend is the backend's time (``expire``).
         """
+        for conn in list(self.rejected):
+            conn.idle_sweeps += 1
+            if conn.idle_sweeps >= 2:
+                conn.abort()
+        for conn in [c for c in self.buffering if not c.holds_full_buffer()]:
+            self.release(conn)  # a json: body that was read or dropped
         for conn in list(self.connections):
             if not conn.blocked and (conn.in_head or (conn.idle_sweeps == 0 and
                                                       conn.parsing is None and not conn.queue)):
@@ -69,22 +141,56 @@ class Context:
                 if conn.head_sweeps >= head_sweeps:
                     conn.protocol_error(ProxyError(
                         "request_timeout",
-                        f"the request head did not arrive within {self.head_timeout:g}s"))
-                    continue
-            if conn.waiting_for_client():
-                conn.idle_sweeps += 1
+                        f"the request head did not arrive within {self.head_timeout:g}s "
+                        "(--client-head-timeout)"))
+                    if not conn.write_paused:
+                        continue
+            if conn.write_paused:
+                conn.write_sweeps += 1
+                if conn.write_sweeps >= body_sweeps:
+                    conn.abort()  # it reads nothing: a reset, not a close that waits on it
+                continue
+            wait = conn.client_wait()
+            if wait == WAIT_NONE:
+                continue
+            conn.idle_sweeps += 1
+            if wait == WAIT_IDLE:
                 if conn.idle_sweeps >= sweeps:
                     conn.close_after_flush()
+            elif conn.idle_sweeps >= body_sweeps:
+                conn.body_stalled(body_seconds)
 
     def expire(self, now: float) -> None:
-        """Answer 504 for every exchange whose backend is past its deadline.
+        """Time out every exchange whose backend is past its deadline (``shard.io/timeout``).
 
         A sweep over the connections, not a registry of exchanges in flight: only
         the head of a connection's queue waits on a backend, and the sweep (every
-        50 ms) costs less than adding and removing every request.
+        50 ms) costs less than adding and removing every request. The request path
+        sets a deadline for the response head only; the sweep sets the others
+        from flags, so a body read costs a store instead of a clock read.
         """
-        late = [c.queue[0] for c in self.connections
-                if c.queue and 0.0 < c.queue[0].deadline <= now]
+        late: list[Exchange] = []
+        for conn in self.connections:
+            if not conn.queue:
+                continue
+            exchange = conn.queue[0]
+            up = exchange.upstream
+            state = exchange.state
+            if up is None or state is None or exchange.finished:
+                continue
+            if exchange.response_started:
+                # Between body reads: the clock restarts with every read, and stands
+                # still while the client is the one not reading (close_idle's part).
+                if up.active or conn.write_paused or exchange.deadline == 0.0:
+                    up.active = False
+                    exchange.deadline = now + state.timeout_s
+                    continue
+            elif conn.blocked & BLOCK_UPSTREAM and exchange.deadline == 0.0:
+                # The backend does not read the upload; on_upstream_drained clears this.
+                exchange.deadline = now + state.timeout_s
+                continue
+            if 0.0 < exchange.deadline <= now:
+                late.append(exchange)
         for exchange in late:
             exchange.deadline = 0.0
             exchange.on_timeout()
@@ -130,6 +236,8 @@ class ClientConnection(asyncio.Protocol):
         self.chunk_bytes = 0
         #: Idle sweeps (Context.close_idle) since the client last sent bytes.
         self.idle_sweeps = 0
+        #: Sweeps since writing to the client paused (it does not read its response).
+        self.write_sweeps = 0
         #: Sweeps since the current head began (Context.close_idle).
         self.head_sweeps = 0
         #: A chunk-size line was parsed and no chunk data followed yet: the reads
@@ -143,12 +251,35 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        ctx = self.ctx
+        if len(ctx.connections) >= ctx.max_connections:
+            self.refuse()
+            return
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.send = transport.write
-        self.ctx.connections.add(self)
+        ctx.connections.add(self)
+
+    def refuse(self) -> None:
+        """Over the cap: 503 and a close. The client's request is read and dropped
+        meanwhile, as closing on unread bytes would reset the 503 away."""
+        ctx = self.ctx
+        transport = self.transport
+        assert transport is not None
+        self.closing = self.ignore_input = True
+        if len(ctx.rejected) >= _REJECTED_LIMIT:
+            transport.abort()  # a flood: keep the descriptors for the connections served
+            return
+        limit = ctx.max_connections
+        transport.write(render(ProxyError(
+            "too_many_connections", f"the sidecar serves at most {limit} connections at once "
+            "(--max-connections or shard.io/max-connections)", limit=limit), close=True))
+        transport.write_eof()
+        ctx.rejected.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.ignore_input:
+            if self.transport is not None and self in self.ctx.rejected:
+                self.transport.close()  # its request is read: the close will not reset the 503
             return
         self.chunk_bytes = len(data)
         self.idle_sweeps = 0
@@ -184,7 +315,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.ctx.connections.discard(self)
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.rejected.discard(self)
+        if self in ctx.buffering:
+            ctx.release(self)
         for exchange in self.queue:
             exchange.abort()
         if self.parsing is not None:
@@ -193,11 +328,24 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.ctx.hold(self, BUFFER_WEIGHT)
         self._upstream_reading(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.write_sweeps = 0
+        if not self.holds_full_buffer():
+            self.ctx.release(self)
         self._upstream_reading(True)
+
+    def holds_full_buffer(self) -> bool:
+        """Writes to the client are paused, reading it is paused on a full buffer, or a
+        json: body over the usual buffer is being read."""
+        if self.write_paused or self.blocked & _FULL:
+            return True
+        exchange = self.parsing
+        return exchange is not None and exchange.json_mode and not exchange.finished and \
+            exchange.pending_bytes > BUFFER_WEIGHT // 2
 
     def _upstream_reading(self, on: bool) -> None:
         """Backpressure: only the head exchange has a backend sending to this client."""
@@ -309,6 +457,28 @@ class ClientConnection(asyncio.Protocol):
         queue = self.queue
         return not queue or (len(queue) == 1 and queue[0] is self.parsing and self.in_head)
 
+    def client_wait(self) -> int:
+        """What, if anything, this connection waits on its client for (close_idle)."""
+        exchange = self.parsing
+        if exchange is not None and exchange.headers_done and not exchange.finished:
+            # Inside a body: the client owes bytes unless reading is paused on our side
+            # or it waits for a 100 Continue not sent yet.
+            if self.blocked or (exchange.expect_continue and exchange.upstream is None
+                                and not exchange.json_mode):
+                return WAIT_NONE
+            return WAIT_BODY
+        return WAIT_IDLE if self.waiting_for_client() else WAIT_NONE
+
+    def body_stalled(self, seconds: float) -> None:
+        """The client paused inside a request body for ``seconds``: 408, then close."""
+        exchange = self.parsing
+        if exchange is not None and exchange.response_started:
+            exchange.cut(True)  # cannot answer anew mid-response
+            return
+        self.protocol_error(ProxyError(
+            "client_timeout", f"the client sent no request body bytes for {seconds:g}s "
+            "(--client-body-timeout)", timeout_s=seconds))
+
     # --- used by exchanges --------------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -327,12 +497,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.blocked and self.transport is not None:
             self.transport.pause_reading()
         self.blocked |= reason
+        if reason & _FULL:
+            self.ctx.hold(self, BUFFER_WEIGHT)
 
     def unblock(self, reason: int) -> None:
         if self.blocked & reason:
             self.blocked &= ~reason
             if not self.blocked and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+            if reason & _FULL and not self.holds_full_buffer():
+                self.ctx.release(self)
 
     def exchange_done(self, exchange: Exchange) -> None:
         queue = self.queue
@@ -371,10 +545,15 @@ class ClientConnection(asyncio.Protocol):
 
     def protocol_error(self, error: ProxyError) -> None:
         """The byte stream is unusable: answer once (after earlier responses), then close."""
+        cut = False
         for exchange in list(self.queue):
             if not exchange.headers_done or exchange is self.parsing:
                 self.queue.remove(exchange)
+                cut = cut or exchange.response_started
                 exchange.abort()  # e.g. a bad chunk mid-upload: the backend must not keep it
+        if cut:
+            self.abort()  # an error answer after a response began would read as its body
+            return
         error_response = render(error, close=True)
         self.parsing = None
         self.in_head = self.chunk_head = False
@@ -388,6 +567,7 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.flush()
+        self.closing = self.ignore_input = True
         if self.transport is not None:
             self.transport.abort()
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import logging
 import os
 
-from sidecar.annotations import AnnotationError, RouteSpec, parse_downward_file, parse_routes
+from sidecar.annotations import (
+    AnnotationError,
+    RouteSpec,
+    max_connections,
+    parse_downward_file,
+    parse_routes,
+)
 
 log = logging.getLogger("shardmesh.sidecar.reload")
 
@@ -25,6 +31,8 @@ class AnnotationsFile:
         self.fingerprint: Fingerprint | None = None
         #: The last error, for /readyz-style introspection and logs.
         self.error = ""
+        #: ``shard.io/max-connections`` as of the last good read (None: unset).
+        self.max_connections: int | None = None
 
     def _stat(self) -> Fingerprint | None:
         try:
@@ -49,7 +57,9 @@ class AnnotationsFile:
             self._fail(f"annotations file {self.path} is not UTF-8")
             return None
         try:
-            routes = parse_routes(parse_downward_file(text), self.namespace)
+            annotations = parse_downward_file(text)
+            routes = parse_routes(annotations, self.namespace)
+            self.max_connections = max_connections(annotations)
         except AnnotationError as err:
             self._fail(f"annotations file {self.path}: {err}; keeping the current routes")
             return None

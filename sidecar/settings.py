@@ -8,14 +8,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar.annotations import (
+    DEFAULT_MAX_CONNECTIONS,
     KEY,
+    MAX_CONNECTIONS,
     STRATEGY,
     TIMEOUT,
     UNAVAILABLE,
+    AnnotationError,
     Backend,
     RouteSpec,
     parse_duration,
     parse_key_source,
+    parse_max_connections,
     parse_strategy,
     parse_unavailable,
 )
@@ -58,6 +62,17 @@ class Settings:
     pool_size: int = 64
     #: Seconds a connect may take before the attempt counts as failed (then retried once).
     connect_timeout: float = 3.0
+    #: The longest a client may pause inside a request body, or leave its response
+    #: unread (408 before the response began, else the connection is cut).
+    client_body_seconds: float = 60.0
+    #: Client connections served at once; more get 503 too_many_connections. The
+    #: default keeps the sidecar well under the 128Mi the webhook gives it (README).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Bytes all connections together may hold in full buffers (a client that does
+    #: not read, a backend that does not read, a body held for a connection or a
+    #: json: key); over it, the connection that held one longest is cut. With the
+    #: default cap, RSS stays under the injected 128Mi (README, Limits).
+    buffer_budget: int = 32 << 20
     log_level: str = "info"
     #: Static mode: seconds between TCP probes of each address (0: never; all stay ready).
     static_probe_seconds: float = 1.0
@@ -122,14 +137,20 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise SettingsError(f"invalid value '{args.static_probe}' for --static-probe")
     if args.drain_seconds < 0:
         raise SettingsError(f"invalid value '{args.drain_seconds}' for --drain-seconds")
-    if args.client_idle_timeout <= 0:
-        raise SettingsError(
-            f"invalid value '{args.client_idle_timeout}' for --client-idle-timeout: "
-            "expected seconds > 0")
-    if args.client_head_timeout <= 0:
-        raise SettingsError(
-            f"invalid value '{args.client_head_timeout}' for --client-head-timeout: "
-            "expected seconds > 0")
+    for flag, seconds in (("--client-idle-timeout", args.client_idle_timeout),
+                          ("--client-head-timeout", args.client_head_timeout),
+                          ("--client-body-timeout", args.client_body_timeout),
+                          ("--connect-timeout", args.connect_timeout)):
+        if not seconds > 0:
+            raise SettingsError(f"invalid value '{seconds}' for {flag}: expected seconds > 0")
+    if args.buffer_budget < 1 << 20:
+        raise SettingsError(f"invalid value '{args.buffer_budget}' for --buffer-budget: "
+                            "expected bytes >= 1048576")
+    try:
+        max_connections = parse_max_connections(MAX_CONNECTIONS, str(args.max_connections))
+    except AnnotationError as err:
+        raise SettingsError(f"invalid value '{args.max_connections}' for --max-connections: "
+                            f"{err.why}") from None
     return Settings(
         listen=parse_hostport("--listen", args.listen),
         admin=None if args.admin == "off" else parse_hostport("--admin", args.admin),
@@ -141,6 +162,10 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         drain_seconds=args.drain_seconds,
         client_idle_seconds=args.client_idle_timeout,
         client_head_seconds=args.client_head_timeout,
+        client_body_seconds=args.client_body_timeout,
+        connect_timeout=args.connect_timeout,
+        max_connections=max_connections,
+        buffer_budget=args.buffer_budget,
         max_json_body=args.max_json_body,
         static_probe_seconds=args.static_probe,
         log_level=args.log_level,

@@ -55,6 +55,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.keep_alive = True
         self.complete = False
+        #: Bytes arrived since the last timeout sweep (Context.expire): one store per
+        #: read instead of a clock read, for the idle timeout between body reads.
+        self.active = False
 
     def _new_parser(self) -> None:
         self.parser = parser = httptools.HttpResponseParser(self)
@@ -106,7 +109,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        # As for clients (proxy.WRITE_HIGH): an upload waits on each write the backend
+        # does not take at once, and the buffer it holds counts against the budget.
+        transport.set_write_buffer_limits(high=0)
         self.send = transport.write
 
     def data_received(self, data: bytes) -> None:
@@ -114,7 +119,7 @@ class UpstreamConnection(asyncio.Protocol):
         if listener is None:
             self.abort()  # bytes on an idle connection: the stream is out of step
             return
-        self.got_bytes = True
+        self.got_bytes = self.active = True
         try:
             self.feed(data)
         except httptools.HttpParserError as err:
@@ -132,7 +137,9 @@ class UpstreamConnection(asyncio.Protocol):
         listener, self.listener = self.listener, None
         if listener is None:
             return
-        if self.status >= 200 and self._close_delimited():
+        # Only a clean close (FIN) ends a close-delimited body: after a reset (exc set)
+        # the body may be cut short, and relaying it as whole would hide that.
+        if exc is None and self.status >= 200 and self._close_delimited():
             self.complete, self.keep_alive = True, False
             listener.on_response_done(self)
         else:

@@ -57,6 +57,12 @@ def test_per_route_option_beats_global_and_defaults_fill_in() -> None:
                  "no route 'b'", id="undeclared-route"),
     pytest.param({ann.MEMORY_REQUEST: "1Gi", ann.MEMORY_LIMIT: "128Mi"}, ann.MEMORY_REQUEST,
                  "exceeds", id="request-over-limit"),
+    pytest.param({ann.MAX_CONNECTIONS: "0"}, ann.MAX_CONNECTIONS, "from 1 to 100000",
+                 id="max-connections-zero"),
+    pytest.param({ann.MAX_CONNECTIONS: "1e3"}, ann.MAX_CONNECTIONS, "integer",
+                 id="max-connections-not-integer"),
+    pytest.param({ann.BACKEND: "a=s", f"{ann.MAX_CONNECTIONS}.a": "10"},
+                 f"{ann.MAX_CONNECTIONS}.a", "unknown", id="max-connections-per-route"),
 ])
 def test_validate_pod_refuses_with_the_offending_annotation(
         annotations: dict[str, str], key: str, why: str) -> None:
@@ -73,3 +79,15 @@ def test_downward_file_round_trip_with_go_escapes() -> None:
     assert ann.parse_downward_file('k="\\a\\v\\x41\\\\x41"\n') == {"k": "\a\vA\\x41"}
     with pytest.raises(ValueError, match="line 1"):
         ann.parse_downward_file("k=unquoted\n")
+
+
+def test_max_connections_is_pod_wide_and_optional() -> None:
+    assert ann.max_connections({}) is None
+    assert ann.max_connections({ann.MAX_CONNECTIONS: "500"}) == 500
+    assert ann.validate_pod({ann.BACKEND: "s", ann.MAX_CONNECTIONS: "100000"}, "app")
+
+
+def test_max_connections_past_python_int_digit_limit_is_an_annotation_error() -> None:
+    # int() refuses over 4300 digits with a ValueError: the length is checked first.
+    with pytest.raises(AnnotationError, match="from 1 to 100000"):
+        ann.max_connections({ann.MAX_CONNECTIONS: "9" * 5000})
