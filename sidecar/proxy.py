@@ -422,8 +422,14 @@ class ClientConnection(asyncio.Protocol):
         # llhttp keeps an HTTP/1.0 request alive only for a Connection: keep-alive
         # (a hop-by-hop header): otherwise a kept-alive request is HTTP/1.1, and the
         # version string (formatted on each call) is not needed.
+        # llhttp accepts 0.9, 1.0, 1.1 and 2.0, and keeps 0.9 and 2.0 alive only as it
+        # does 1.0: so the versions this proxy cannot speak are all caught here.
         if not keep_alive or exchange.hop_headers:
-            exchange.http10 = parser.get_http_version() == "1.0"
+            version = parser.get_http_version()
+            exchange.http10 = version == "1.0"
+            if version != "1.0" and version != "1.1":
+                raise ProxyError("http_version_not_supported", f"HTTP/{version} in the request "
+                                 "line: only HTTP/1.0 and HTTP/1.1 are served")
         if exchange.transfer_encoding is not None:
             # Before anything is sent: llhttp refuses some of these only after this callback.
             error = http11.check_transfer_encoding(exchange.transfer_encoding, exchange.http10)

@@ -311,6 +311,31 @@ def test_host_field(request_head: bytes, status: int, proxy: SidecarThread,
         assert recorder.received_bytes == 0
 
 
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [
+        pytest.param(b"HTTP/2.0", 505, id="2.0"),
+        pytest.param(b"HTTP/0.9", 505, id="0.9"),
+        pytest.param(b"HTTP/1.2", 400, id="1.2-invalid"),
+        pytest.param(b"HTTP/1.0", 200, id="1.0"),
+    ],
+)
+def test_http_versions_other_than_1_0_and_1_1_are_refused(version: bytes, status: int,
+                                                           proxy: SidecarThread,
+                                                           recorder: Recorder) -> None:
+    """A request line claiming HTTP/2.0 (or 0.9) was forwarded as HTTP/1.1."""
+    answer = raw(proxy.port, b"GET /svc/x " + version + b"\r\nHost: a\r\nX-Shard-Key: 1\r\n"
+                 b"Connection: close\r\n\r\n")
+    (got, _, body), = responses(answer)
+    assert got == status, answer
+    if status == 505:
+        assert error_of(body) == "http_version_not_supported"
+        assert version.decode() in json.loads(body)["message"]
+    if status != 200:
+        time.sleep(0.1)
+        assert recorder.received_bytes == 0
+
+
 # --- 11. Transfer-Encoding and framing ------------------------------------------------------
 
 @pytest.mark.parametrize(
