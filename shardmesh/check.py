@@ -1,6 +1,6 @@
 """``shardmesh check``: is this cluster's shardmesh installation healthy?
 
-Four checks, each printed as ``OK``/``WARN``/``FAIL`` lines that name the
+Five checks, each printed as ``OK``/``WARN``/``FAIL`` lines that name the
 object at fault, with the fix underneath:
 
 1. webhook      the MutatingWebhookConfiguration exists and each webhook answers
@@ -11,7 +11,9 @@ object at fault, with the fix underneath:
                 webhook's serving certificate chains to it;
 3. rbac         every sidecar service account can read its routes' StatefulSets
                 and pods (SubjectAccessReview);
-4. sidecar      no opted-in pod is missing ``shard-router``.
+4. sidecar      no opted-in pod is missing ``shard-router``;
+5. directory    if installed: ready replicas, ``/readyz`` through the service
+                proxy, and one replica's subscriber and informer counts.
 
 Exit status: 0 when nothing FAILs (WARNs included), 1 when something FAILs,
 2 on a usage error or an unreadable kubeconfig.
@@ -31,6 +33,7 @@ import urllib3
 from kubernetes import client, config
 
 from shardmesh.check_cluster import Cluster, ClusterError
+from shardmesh.check_directory import directory_section
 from shardmesh.check_model import FAIL, Finding, Obj, worst
 from shardmesh.check_optin import opted_in, sidecar_findings
 from shardmesh.check_probe import probe
@@ -136,6 +139,8 @@ def run(settings: CheckSettings, cluster: Cluster, now: datetime) -> list[Findin
     excluded = frozenset({settings.injector_namespace,
                           *(t.service.namespace for t in targets if t.service)})
     findings += _guard("rbac/sidecar", lambda: _namespace_sections(settings, cluster, excluded))
+    findings += _guard("directory", lambda: directory_section(
+        cluster.core.api_client, settings.injector_namespace, cluster.timeout))
     return findings
 
 

@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "webhook": ("webhook.cli", "run the mutating admission webhook under gunicorn"),
     "sidecar": ("sidecar.cli", "run the routing sidecar"),
+    "directory": ("directory.app", "serve shard maps to sidecars (one watcher for the cluster)"),
     "inject": ("shardmesh.inject_cmd", "apply the webhook's mutation offline to YAML"),
     "route": ("shardmesh.route_cmd", "print the ordinal that owns each key"),
     "reshard": ("shardmesh.reshard_cmd", "move slots between a StatefulSet's pods (slot mode)"),

@@ -21,7 +21,8 @@ import datetime as dt
 import logging
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -29,7 +30,6 @@ from kubernetes.client.exceptions import ApiException
 from webhook import certs
 from webhook.certs import CertBundle
 from webhook.logs import event
-from webhook.settings import Settings
 
 FIELDS = {"ca_cert": "ca.crt", "ca_key": "ca.key", "cert": "tls.crt", "key": "tls.key",
           "ca_bundle": "ca-bundle.crt"}
@@ -51,13 +51,34 @@ def from_secret_data(data: Mapping[str, bytes | str] | None) -> CertBundle | Non
     return CertBundle(**{attr: base64.b64decode(data[key]) for attr, key in FIELDS.items()})
 
 
+class CertSettings(Protocol):
+    """What the store reads of a component's settings (the webhook's, the directory's)."""
+
+    @property
+    def secret_name(self) -> str: ...
+    @property
+    def injector_namespace(self) -> str: ...
+    @property
+    def service_name(self) -> str: ...
+    @property
+    def extra_sans(self) -> Sequence[str]: ...
+    @property
+    def cert_lifetime_s(self) -> float: ...
+    @property
+    def ca_lifetime_s(self) -> float: ...
+    #: Empty: no MutatingWebhookConfiguration to keep current (the directory).
+    @property
+    def webhook_config_name(self) -> str: ...
+
+
 class CertStore:
     """The Secret and MutatingWebhookConfiguration side of self-managed certificates."""
 
-    def __init__(self, api: client.ApiClient, settings: Settings, clock: Clock = utcnow) -> None:
+    def __init__(self, api: client.ApiClient, settings: CertSettings, clock: Clock = utcnow,
+                 component: str = "webhook") -> None:
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
-        self.settings, self.clock = settings, clock
+        self.settings, self.clock, self.component = settings, clock, component
         self.sans = certs.service_sans(settings.service_name, settings.injector_namespace,
                                        settings.extra_sans)
         self.cert_lifetime = dt.timedelta(seconds=settings.cert_lifetime_s)
@@ -81,7 +102,7 @@ class CertStore:
         meta = client.V1ObjectMeta(
             name=self.settings.secret_name, namespace=self.settings.injector_namespace,
             labels={"app.kubernetes.io/name": "shardmesh",
-                    "app.kubernetes.io/component": "webhook"},
+                    "app.kubernetes.io/component": self.component},
             resource_version=resource_version)
         return client.V1Secret(metadata=meta, type="kubernetes.io/tls",
                                data=to_secret_data(bundle))
@@ -144,6 +165,8 @@ class CertStore:
         """Put ``ca_bundle`` into every webhook of our configuration; True if changed.
         A missing configuration is not an error: it may be applied later."""
         name = self.settings.webhook_config_name
+        if not name:
+            return False
         for _ in range(5):
             try:
                 return self._patch_ca_bundle_once(name, ca_bundle)

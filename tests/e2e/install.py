@@ -57,8 +57,10 @@ class Installation:
         return {SELECTOR_LABEL: self.ident}
 
 
-def kind_named(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in documents if d.get("kind") == kind]
+def kind_named(documents: list[dict[str, Any]], kind: str, name: str | None = None
+               ) -> dict[str, Any]:
+    found = [d for d in documents if d.get("kind") == kind
+             and (name is None or d["metadata"]["name"] == name)]
     if len(found) != 1:
         raise AssertionError(f"expected one {kind} in manifests/, found {len(found)}")
     return found[0]
@@ -79,7 +81,7 @@ def localize(documents: list[dict[str, Any]], url: str, ident: str) -> list[dict
 
 def webhook_environment(documents: list[dict[str, Any]]) -> tuple[dict[str, str], str, str]:
     """The webhook container's env (as its pod would see it), its namespace and account."""
-    deployment = kind_named(documents, "Deployment")
+    deployment = kind_named(documents, "Deployment", "shardmesh-webhook")
     namespace = deployment["metadata"]["namespace"]
     template = deployment["spec"]["template"]
     pod = {"metadata": {**template.get("metadata", {}), "namespace": namespace,
