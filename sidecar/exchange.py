@@ -372,9 +372,11 @@ class Exchange:
         conn = self.conn
         self.deadline = 0.0
         self.status = status = up.status
-        if status == 421 and self.fence:
-            slot_exchange.misdirected(self, up)  # never relayed: resolve again
-            return
+        if self.fence:
+            if status == 421:
+                slot_exchange.misdirected(self, up)  # never relayed: resolve again
+                return
+            self.replay = None  # answered: nothing left to replay
         head = up.head  # its first item is already the status line
         shard = self.shard
         assert shard is not None

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmesh.sidecar.slots")
 
 _WAITING = ("shard_unavailable", "shard_map_not_ready")
+#: Bytes kept for a replay past which they count against the buffer budget (as
+#: exchange._PENDING_LIMIT does for a json: body).
+_COUNTED = 256 * 1024
 
 
 def route(ex: Exchange, state: RouteState, key: str) -> None:
@@ -95,13 +98,16 @@ def keep(ex: Exchange, pieces: Iterable[bytes]) -> None:
     """Keep body bytes sent upstream for a replay, up to the bound; past it, none."""
     replay = ex.replay
     assert replay is not None
-    limit = ex.conn.ctx.settings.max_json_body
+    ctx = ex.conn.ctx
+    limit = ctx.settings.max_json_body
     for piece in pieces:
         ex.replay_bytes += len(piece)
         if ex.replay_bytes > limit:
             ex.replay = None  # streamed: a 421 now can only be answered with a 503
             return
         replay.append(piece)
+    if ex.replay_bytes > _COUNTED:
+        ctx.hold(ex.conn, limit + _COUNTED)  # against --buffer-budget, as a json: body
 
 
 def misdirected(ex: Exchange, up: UpstreamConnection) -> None:
