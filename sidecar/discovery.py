@@ -18,6 +18,9 @@ Design rules:
 - Watch expiry (410) lists again; connection errors (an apiserver restart)
   keep the last known map and reconnect with backoff. Nothing is guessed:
   until the first full list, the route is not synced (503 shard_map_not_ready).
+- Slot mode (SPEC §6): each StatefulSet event also parses its slot annotations
+  (``sidecar.slots.parse``); the map decides on the loop thread whether they
+  replace the last good slot map (``slot_state.next_slots``).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class Snapshot:
     problem: str
     slots: SlotMap | None = None
     slot_error: str = ""
-    #: The slot annotations are unknown (no StatefulSet): the route keeps its slot map.
+    #: The slot annotations were not read (a bad spec): the route keeps its slot map.
     keep_slots: bool = field(default=False, compare=False)
 
 
@@ -147,8 +150,9 @@ def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None, pods: Iterable[PodInf
     """The route's map: pure, so the rules above are testable."""
     backend = spec.backend
     if sts is None:
+        # deleted: its slot map goes too, so a re-created one may start at epoch 1 again
         return Snapshot(0, 0, [], f"statefulset {backend.namespace}/{backend.statefulset} "
-                        "not found", keep_slots=True)
+                        "not found")
     if sts.problem:
         return Snapshot(0, 0, [], sts.problem, keep_slots=True)
     port = backend.port or sts.template_port

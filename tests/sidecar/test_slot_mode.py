@@ -129,7 +129,9 @@ def test_discovery_parses_the_slot_annotations() -> None:
     info = statefulset_info(sts({"shard.io/slots": "8", "shard.io/assignment": FIRST}, start=1))
     assert "ordinal 0 is below spec.ordinals.start 1" in info.slot_error
     assert statefulset_info(sts({})).slots is None and statefulset_info(sts({})).slot_error == ""
-    assert snapshot(SPEC, None, []).keep_slots
+    assert not snapshot(SPEC, None, []).keep_slots  # deleted: forget its map
+    bad_start = statefulset_info(sts({"shard.io/slots": "8"}, start=-1))
+    assert snapshot(SPEC, bad_start, []).keep_slots  # annotations unread: keep the map
 
 
 def test_shard_map_keeps_the_last_good_map_and_shows_the_problem() -> None:
