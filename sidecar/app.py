@@ -64,7 +64,7 @@ class StaticSource:
         name = route.spec.name
         shards = [Shard(ordinal=i, ready=up, address=a, pod=f"{name}-{i}")
                   for i, (a, up) in enumerate(zip(route.addresses, ready, strict=True))]
-        self.map.update(name, count=len(shards), shards=shards)
+        self.map.update(name, count=len(shards), shards=shards, slots=self.settings.static_slots)
 
     async def _probe(self) -> None:
         interval = self.settings.static_probe_seconds

@@ -344,3 +344,21 @@ def test_an_owner_outside_the_replicas_is_unavailable(
 def test_assignment_helpers_match_the_fed_maps() -> None:
     assert parse_assignment(FIRST, S) == Assignment.of([0, 0, 0, 0, 1, 1, 1, 1])
     assert smap(3, migrating="0-1:0>1").in_flight[1] == Migration(0, 1, 0, 1)
+
+
+def test_static_mode_takes_a_slot_map(make_sidecar: Callable[..., SidecarThread]) -> None:
+    echo = [Backend(ordinal=o).start() for o in (0, 1)]
+    try:
+        sidecar = make_sidecar("--route", "acct=" + ",".join(b.address for b in echo),
+                               "--key", "path:1", "--slot-map", f"8:{FIRST}", "--slot-epoch", "3")
+        status, _, body = get_json(sidecar.port, f"/acct/accounts/{account_in(5)}")
+        assert (status, body["ordinal"], body["headers"]["x-shard-epoch"]) == (200, 1, "3")
+    finally:
+        for backend in echo:
+            backend.stop()
+    from sidecar.settings import SettingsError
+    from tests.sidecar.harness import settings_from_args
+    with pytest.raises(SettingsError) as caught:
+        settings_from_args(["--route", "a=h:1", "--slot-map", "8:0-3:0"])
+    assert "invalid value '8:0-3:0' for --slot-map" in str(caught.value)
+    assert "4 of 8 slots have no owner" in str(caught.value)
