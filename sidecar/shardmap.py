@@ -91,6 +91,12 @@ class RouteState:
     timeout_s: float = field(init=False, compare=False, repr=False)
     #: ordinal -> its precomputed slot-mode upstream header lines (slot_state.fences).
     fences: dict[int, bytes] = field(init=False, compare=False, repr=False)
+    #: S when keys can be routed by slot (synced, a map with an assignment), else 0.
+    slot_count: int = field(init=False, compare=False, repr=False)
+    #: slot -> (shard, slot, fence) for slots this state sends (slot_state.resolve_slot);
+    #: filled as requests come, new with every state.
+    slot_cache: dict[int, tuple[Shard, int, bytes]] = field(init=False, compare=False,
+                                                             repr=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -100,6 +106,10 @@ class RouteState:
             "key_header": header, "key_spelling": title_case(header),
             "strategy": spec.strategy, "timeout_s": spec.timeout_s,
             "fences": fences(self.slotmap, [s.ordinal for s in self.shards]),
+            "slot_count": self.slotmap.slots if (
+                self.slotmap is not None and self.slotmap.assignment is not None
+                and self.synced and self.count >= 1) else 0,
+            "slot_cache": {},
         }
         if any(s.count != self.count for s in self.shards):
             # New shards, not changed ones: a state still in use keeps its own headers.

@@ -53,7 +53,19 @@ def fences(smap: SlotMap | None, ordinals: Iterable[int]) -> dict[int, bytes]:
 def resolve_slot(state: RouteState, key: str) -> tuple[Shard, int, bytes]:
     """The owner of ``key`` in slot mode as (its shard, the key's slot, the upstream
     fencing header lines); raises 503 errors like ``resolve``. A migrating slot is
-    ``shard_unavailable`` with ``moving: true`` (the caller holds it under wait:<ms>)."""
+    ``shard_unavailable`` with ``moving: true`` (the caller holds it under wait:<ms>).
+    A slot that can be sent is decided once per state, then read from its cache."""
+    count = state.slot_count
+    if count:
+        hit = state.slot_cache.get(slot_for(key, state.strategy, count))
+        if hit is not None:
+            return hit
+    found = _resolve(state, key)
+    state.slot_cache[found[1]] = found
+    return found
+
+
+def _resolve(state: RouteState, key: str) -> tuple[Shard, int, bytes]:
     name = state.name
     if not state.synced or state.count < 1:
         raise ProxyError("shard_map_not_ready",
