@@ -3,7 +3,8 @@
 A real sidecar (Kubernetes mode: it watches the StatefulSet and its pods through
 the API server) routes deposits by slot to accounts backends that check the
 fencing headers and refuse slots they do not own (421). ``shardmesh reshard --to
-4`` runs while clients keep depositing: no deposit is lost or applied twice,
+4``, then ``--to 2`` and a scale-in, run while clients keep depositing: no deposit is
+lost or applied twice,
 none is accepted by a non-owner, and every account ends on exactly one replica,
 its slot's owner, as the backends' own state says.
 """
@@ -207,13 +208,20 @@ def test_reshard_under_traffic_loses_nothing(w: World, tmp_path: Path, lag: floa
             client.start()
         time.sleep(1.0)
         out = reshard(w, "--to", "4", "--batch", "4")
-        time.sleep(1.0)
+        grown = w.slot_map()
+        assert grown.assignment is not None and grown.assignment.counts() == {
+            0: 16, 1: 16, 2: 16, 3: 16}, out
+        time.sleep(0.5)
+        out += reshard(w, "--to", "2", "--batch", "8")  # then scale in: 2 and 3 own nothing
+        w.scale(2)
+        wait_for(lambda: (s := route_state(sidecar)) is not None and s.count == 2,
+                 "the sidecar sees 2 replicas", timeout=30)
+        time.sleep(0.5)
         traffic.stop.set()
         for client in clients:
             client.join(40)
         final = w.slot_map()
-        assert final.assignment is not None and final.assignment.counts() == {
-            0: 16, 1: 16, 2: 16, 3: 16}, out
+        assert final.assignment is not None and final.assignment.counts() == {0: 32, 1: 32}, out
 
         # every deposit answered 200 was applied exactly once, by the slot's owner
         held = w.holdings()
@@ -227,13 +235,14 @@ def test_reshard_under_traffic_loses_nothing(w: World, tmp_path: Path, lag: floa
 
         statuses = [r[1] for r in traffic.results]
         assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-        moved = {s for s in range(SLOTS) if final.owner(s) != sl.initial(SLOTS, 0, 3).owner(s)}
+        moved = {s for s in range(SLOTS) if final.owner(s) != sl.initial(SLOTS, 0, 3).owner(s)
+                 or grown.owner(s) != sl.initial(SLOTS, 0, 3).owner(s)}
         batches = [(t, e, m) for t, e, m in maps if m]
         windows = []
         for when, epoch, _ in batches:
             flip = next(t for t, e, _ in maps if e > epoch)
             windows.append(flip - when)
-        assert len(windows) == out.count("in flight") >= 4  # 16 slots, 4 per batch at most
+        assert len(windows) == out.count("in flight") >= 10  # 3 -> 4 by 4s, then 4 -> 2 by 8s
         on_moved = [r[2] for r in traffic.results if r[0] in moved]
         # as a client sees it: per batch, the slowest request to one of its slots
         slowest = []
