@@ -93,15 +93,27 @@ class World:
     def start_backends(self, assignment: str) -> None:
         """One accounts backend per address (ordinal i at addresses[i]), seeded with
         ``assignment`` so each knows which slots it never owned."""
-        for ordinal, address in enumerate(self.addresses):
-            log = (self.logs / f"backend-{ordinal}.log").open("ab")
-            self.backends[ordinal] = subprocess.Popen(
-                [*self.net.exec_prefix, sys.executable, "-m", "shardmesh", "accounts-backend",
-                 "--listen", f"{address}:{PORT}", "--ordinal", str(ordinal),
-                 "--name", f"{STS}-{ordinal}", "--slots", str(SLOTS),
-                 "--assignment", assignment], stdout=log, stderr=subprocess.STDOUT)
+        for ordinal in range(len(self.addresses)):
+            self.start_backend(ordinal, assignment, wait=False)
         for ordinal in self.backends:
             wait_for(lambda o=ordinal: self.state(o), f"backend {ordinal}", timeout=30)
+
+    def start_backend(self, ordinal: int, assignment: str, wait: bool = True) -> None:
+        """A fresh backend for ``ordinal`` (a new pod's), seeded with ``assignment``."""
+        log = (self.logs / f"backend-{ordinal}.log").open("ab")
+        self.backends[ordinal] = subprocess.Popen(
+            [*self.net.exec_prefix, sys.executable, "-m", "shardmesh", "accounts-backend",
+             "--listen", f"{self.addresses[ordinal]}:{PORT}", "--ordinal", str(ordinal),
+             "--name", f"{STS}-{ordinal}", "--slots", str(SLOTS),
+             "--assignment", assignment], stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(lambda: self.state(ordinal), f"backend {ordinal}", timeout=30)
+
+    def stop_backend(self, ordinal: int) -> None:
+        """Its pod was scaled away: the process goes, and with it whatever it held."""
+        proc = self.backends.pop(ordinal)
+        proc.terminate()
+        proc.wait(10)
 
     def stop(self) -> None:
         for proc in self.backends.values():
