@@ -39,13 +39,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from shardmesh.slot_table import HandoffRefused, SlotTable
+from shardmesh.slot_table import HandoffBusy, HandoffRefused, SlotTable, restored
 from sidecar import slots as slotmap
 from sidecar.shardfn import Strategy, ordinal_for, pod_ordinal
 
@@ -73,10 +74,41 @@ class Ledger:
     refused: int = 0
     #: How to reach ordinal O's backend, e.g. "sharded-svc-{ordinal}.sharded-svc:8080".
     peer_template: str = ""
+    #: ``--state-file``: every change is written here before it is answered, and a
+    #: restart reads it back (durable across a crash of the process; no fsync, so not
+    #: across one of the machine).
+    state_file: str = ""
 
     def __post_init__(self) -> None:
         if self.table is None:
             self.table = SlotTable(self.ordinal)
+        #: Signalled when a handoff ends, for a repeat that waits for it.
+        self.handoff_done = threading.Condition(self.lock)
+
+    def save(self) -> None:
+        """Write the state file (the caller holds the lock): a new file, then a rename."""
+        if not self.state_file:
+            return
+        assert self.table is not None
+        state = {"accounts": self.counters, "misrouted": self.misrouted,
+                 "refused": self.refused, "slots": self.slots, "table": self.table.describe()}
+        temporary = f"{self.state_file}.new"
+        with open(temporary, "w") as out:
+            json.dump(state, out)
+        os.replace(temporary, self.state_file)
+
+    def load(self) -> bool:
+        """Take the state file's state, if there is one (at start, before serving)."""
+        try:
+            with open(self.state_file) as saved:
+                state = json.load(saved)
+        except FileNotFoundError:
+            return False
+        self.counters = dict(state["accounts"])
+        self.misrouted, self.refused, self.slots = (state["misrouted"], state["refused"],
+                                                    state["slots"])
+        self.table = restored(self.ordinal, state["table"])
+        return True
 
     def seed(self, slots: int, assignment: str) -> None:
         """Know S and which slots this replica owns (from shard.io/assignment)."""
@@ -201,6 +233,8 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
                         if deposit:
                             ledger.counters[account] = ledger.counters.get(account, 0) + 1
                         count = ledger.counters.get(account)
+                    if deposit or refusal is not None:
+                        ledger.save()
                 if refusal is not None:
                     self._send(refusal[0], {**refusal[1], "replica": ledger.name})
                 elif count is None:
@@ -218,6 +252,8 @@ def _handler(ledger: Ledger) -> type[BaseHTTPRequestHandler]:
                 elif deposit:
                     ledger.counters[account] = ledger.counters.get(account, 0) + 1
                 count = ledger.counters.get(account)
+                if deposit or why is not None:
+                    ledger.save()
             if why is not None:
                 self._send(409, {"error": "not_my_shard", "message": why, "replica": ledger.name})
             elif count is None:
@@ -251,28 +287,40 @@ def handoff(ledger: Ledger, body: dict[str, Any]) -> Answer:
     with ledger.lock:
         if ledger.slots is None and "slots_total" in body:
             ledger.slots = _int(body["slots_total"], "slots_total")
-        try:
-            send = table.begin_handoff(slots, to, epoch, source)
-        except HandoffRefused as refused:
-            return 409, {"error": "not_owned", "message": str(refused), "replica": ledger.name}
+        while True:
+            try:
+                send = table.begin_handoff(slots, to, epoch, source)
+                break
+            except HandoffRefused as refused:
+                ledger.save()
+                return 409, {"error": "not_owned", "message": str(refused),
+                             "replica": ledger.name}
+            except HandoffBusy:  # a repeat (a resumed reshard): answer when the first ends
+                ledger.handoff_done.wait(5)
         accounts = ledger.accounts_in(send) if send and ledger.slots else {}
+        ledger.save()
     if not send:
         return 200, {"moved": 0, "repeat": True, "epoch": epoch, "replica": ledger.name}
     peer = ledger.peer_template.format(ordinal=to) if ledger.peer_template else body.get("address")
     if not isinstance(peer, str) or not peer:
         with ledger.lock:
             table.abort_handoff(send)
+            ledger.save()
+            ledger.handoff_done.notify_all()
         return 400, {"error": "no_peer", "message": "no --peer-template and no address in the "
                      "handoff: cannot reach the new owner"}
     status, reply = _post(peer, "/_shard/accept", {"slots": send, "epoch": epoch,
                                                    "from": ledger.ordinal, "accounts": accounts})
     with ledger.lock:
+        ledger.handoff_done.notify_all()
         if status != 200:
             table.abort_handoff(send)
+            ledger.save()
             return 502, {"error": "peer_failed", "message": f"accept at {peer}: {status} {reply}"}
         table.end_handoff(send)
         for account in accounts:
             ledger.counters.pop(account, None)
+        ledger.save()
     return 200, {"moved": len(accounts), "slots": send, "to": to, "epoch": epoch,
                  "replica": ledger.name}
 
@@ -289,6 +337,7 @@ def accept(ledger: Ledger, body: dict[str, Any]) -> Answer:
     with ledger.lock:
         table.accept(slots, epoch)
         ledger.counters.update(accounts)
+        ledger.save()
     return 200, {"accepted": len(accounts), "slots": slots, "replica": ledger.name}
 
 
@@ -309,9 +358,10 @@ class AccountsBackend:
     """One replica, served on ``host:port`` in a background thread."""
 
     def __init__(self, host: str, port: int, ordinal: int, strategy: Strategy = "modulo",
-                 name: str | None = None, start: int = 0, peer_template: str = "") -> None:
+                 name: str | None = None, start: int = 0, peer_template: str = "",
+                 state_file: str = "") -> None:
         self.ledger = Ledger(ordinal, strategy, name or f"sharded-svc-{ordinal}", start=start,
-                             peer_template=peer_template)
+                             peer_template=peer_template, state_file=state_file)
         self.server = ThreadingHTTPServer((host, port), _handler(self.ledger))
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

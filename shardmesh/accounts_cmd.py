@@ -33,13 +33,18 @@ def main(argv: list[str]) -> int:
                    help="how to reach ordinal {ordinal}, e.g. "
                         "sharded-svc-{ordinal}.sharded-svc:8080 (default: the address "
                         "shardmesh reshard puts in the handoff)")
+    p.add_argument("--state-file", default="",
+                   help="keep the accounts and the slot table in this file, written before "
+                        "each answer, read back at start (then --assignment is not used)")
     args = p.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     backend = AccountsBackend(host or "0.0.0.0", int(port), args.ordinal, args.strategy,
-                              args.name, args.start, args.peer_template)
+                              args.name, args.start, args.peer_template, args.state_file)
     if (args.slots is None) != (args.assignment is None):
         p.error("--slots and --assignment go together")
-    if args.slots is not None:
+    if args.state_file and backend.ledger.load():
+        print(f"{backend.ledger.name}: state read from {args.state_file}", flush=True)
+    elif args.slots is not None:
         try:
             backend.ledger.seed(args.slots, args.assignment)
         except slotmap.SlotError as err:

@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,6 +125,9 @@ class Reshard:
         self.s, self.kube, self.say, self.clock = settings, kube, say, clock
         self.what = f"statefulset {settings.namespace}/{settings.statefulset}"
         self.held = False  # this run has held the lease at some point
+        #: Steps this run made (migrate and flip writes, handoffs answered 200, write
+        #: conflicts), printed when it is done: the reshard's counters for a log scraper.
+        self.steps: Counter[str] = Counter()
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -249,6 +253,8 @@ class Reshard:
                 if status == "mine":
                     self._write({LEASE: None}, view)
                 self.say(f"done at epoch {step.epoch}: {format_assignment(step.assignment)}")
+                self.say("steps this run: " + ", ".join(
+                    f"{self.steps[k]} {k}" for k in ("migrate", "handoff", "flip", "conflict")))
                 return
             if status != "mine":
                 taking = {"expired": " (the last holder's lease expired)",
@@ -259,9 +265,10 @@ class Reshard:
                 continue
             self._check_pods(step)
             if isinstance(step, Begin):
-                self._write(begin_patch(step), view,
-                            f"epoch {step.epoch}: {step.move} in flight "
-                            f"({step.remaining} more batches after this one)")
+                if self._write(begin_patch(step), view,
+                               f"epoch {step.epoch}: {step.move} in flight "
+                               f"({step.remaining} more batches after this one)"):
+                    self.steps["migrate"] += 1
             else:
                 assert smap is not None
                 if self._finish(step, smap, view):
@@ -277,6 +284,7 @@ class Reshard:
         try:
             self.kube.write(patch, view.resource_version)
         except Conflict:
+            self.steps["conflict"] += 1
             self.say("conflict: the statefulset changed meanwhile; reading it again")
             return False
         except KubeError as err:
@@ -305,10 +313,13 @@ class Reshard:
                 raise Failure(f"handoff of slots {format_slot_list(h.slots)} by pod "
                               f"{self.s.namespace}/{pod} failed: {answer.status} "
                               f"{answer.body.strip()[:300]}")
+            self.steps["handoff"] += 1
             self.say(f"  handoff {format_slot_list(h.slots)} {h.source} -> {h.target} at epoch "
                      f"{step.epoch}: 200 {answer.body.strip()[:200]}")
-        return self._write(flip_patch(smap, step), view,
-                           f"epoch {step.epoch}: slots now owned by their new ordinals")
+        flipped = self._write(flip_patch(smap, step), view,
+                              f"epoch {step.epoch}: slots now owned by their new ordinals")
+        self.steps["flip"] += flipped
+        return flipped
 
     def _handoff(self, h: Handoff, epoch: int, port: int) -> HandoffAnswer:
         """The handoff call, renewing the lease meanwhile (a data move may outlast it)."""

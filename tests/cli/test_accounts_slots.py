@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shardmesh.accounts_backend import AccountsBackend
+from shardmesh.slot_table import HandoffBusy, SlotTable, restored
 from sidecar.shardfn import ordinal_for
 from sidecar.slots import initial
 
@@ -115,3 +117,54 @@ def test_unseeded_backend_learns_its_slots_and_default_mode_is_unchanged() -> No
                     {"X-Shard-Ordinal": "2", "X-Shard-Count": "3"})[0] == 409
     finally:
         a.stop()
+
+
+def test_a_repeat_during_a_handoff_waits_for_it_and_a_restored_one_resends() -> None:
+    table = SlotTable(0, strict=True, owned={0, 1, 2})
+    assert table.begin_handoff((0, 1), 1, 3, 0) == [0, 1]
+    # the first is still sending: a 200 now would let the reshard flip before the data lands
+    with pytest.raises(HandoffBusy):
+        table.begin_handoff((0, 1), 1, 3, 0)
+    assert table.admit(0, 0, 2) is not None  # refused while leaving
+    # the process dies here; its saved table comes back with 0 and 1 still leaving
+    back = restored(0, json.loads(json.dumps(table.describe())))
+    assert back.admit(1, 0, 2) is not None and back.leaving == table.leaving
+    assert back.begin_handoff((0, 1), 1, 3, 0) == [0, 1]  # sent again, not "done"
+    back.end_handoff([0, 1])
+    assert back.begin_handoff((0, 1), 1, 3, 0) == []  # now a plain repeat
+    table.end_handoff([0, 1])
+    assert table.begin_handoff((0, 1), 1, 3, 0) == []
+
+
+def test_state_file_survives_a_restart(tmp_path: Path) -> None:
+    state = str(tmp_path / "state.json")
+    a = AccountsBackend("127.0.0.1", 0, 0, state_file=state)
+    a.ledger.seed(S, str(initial(S, 0, 2)))
+    a.start()
+    b = AccountsBackend("127.0.0.1", 0, 1).start()
+    b.ledger.seed(S, str(initial(S, 0, 2)))
+    try:
+        accounts = [str(n) for n in range(8)]  # slots 0-7: ordinal 0's
+        for account in accounts * 2:
+            assert call(a, "POST", f"/accounts/{account}/deposit", None,
+                        slot_headers(account, 0, 1))[0] == 200
+        status, _, _ = call(a, "POST", "/_shard/handoff", {
+            "slots": [0, 1], "to": 1, "epoch": 3, "from": 0, "address": b.address})
+        assert status == 200
+        status, _, _ = call(a, "POST", "/accounts/0/deposit", None, slot_headers("0", 0, 1))
+        assert status == 421
+    finally:
+        a.stop()
+    again = AccountsBackend("127.0.0.1", 0, 0, state_file=state)
+    assert again.ledger.load()
+    again.start()
+    try:
+        _, _, body = call(again, "GET", "/_state")
+        assert body["accounts"] == {a: 2 for a in accounts[2:]}
+        assert body["refused"] == 1 and body["table"]["gone"] == {"0": [1, 3], "1": [1, 3]}
+        assert call(again, "POST", "/accounts/1/deposit", None, slot_headers("1", 0, 1))[0] == 421
+        assert call(again, "POST", "/accounts/2/deposit", None,
+                    slot_headers("2", 0, 1))[2]["count"] == 3
+    finally:
+        again.stop()
+        b.stop()

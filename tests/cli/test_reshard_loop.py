@@ -66,7 +66,9 @@ def test_resumes_a_batch_in_flight_at_its_published_epoch() -> None:
     assert [b["epoch"] for _, b in kube.handoffs] == [3, 5, 7]
     assert kube.annotations[sl.EPOCH] == "7" and sl.MIGRATING not in kube.annotations
     assert sl.LEASE not in kube.annotations
-    assert lines[-1].startswith("done at epoch 7")
+    assert lines[-2].startswith("done at epoch 7")
+    # the batch found in flight was finished, not begun again
+    assert lines[-1] == "steps this run: 2 migrate, 3 handoff, 3 flip, 0 conflict"
 
 
 def test_conflicts_are_read_again() -> None:
@@ -74,8 +76,9 @@ def test_conflicts_are_read_again() -> None:
     kube.conflicts = 3
     reshard, lines = job(kube)
     reshard.run()
-    assert sum("conflict" in line for line in lines) == 3
+    assert sum("conflict:" in line for line in lines) == 3
     assert kube.annotations[sl.EPOCH] == "7"
+    assert lines[-1] == "steps this run: 3 migrate, 3 handoff, 3 flip, 3 conflict"
 
 
 def test_held_lease_refuses_and_force_takes_over() -> None:

@@ -93,15 +93,36 @@ class World:
     def start_backends(self, assignment: str) -> None:
         """One accounts backend per address (ordinal i at addresses[i]), seeded with
         ``assignment`` so each knows which slots it never owned."""
-        for ordinal, address in enumerate(self.addresses):
-            log = (self.logs / f"backend-{ordinal}.log").open("ab")
-            self.backends[ordinal] = subprocess.Popen(
-                [*self.net.exec_prefix, sys.executable, "-m", "shardmesh", "accounts-backend",
-                 "--listen", f"{address}:{PORT}", "--ordinal", str(ordinal),
-                 "--name", f"{STS}-{ordinal}", "--slots", str(SLOTS),
-                 "--assignment", assignment], stdout=log, stderr=subprocess.STDOUT)
+        for ordinal in range(len(self.addresses)):
+            self.start_backend(ordinal, assignment, wait=False)
         for ordinal in self.backends:
             wait_for(lambda o=ordinal: self.state(o), f"backend {ordinal}", timeout=30)
+
+    def start_backend(self, ordinal: int, assignment: str, wait: bool = True) -> None:
+        """The backend of pod ``ordinal``: seeded with ``assignment``, unless its state
+        file (the pod's volume, kept like a StatefulSet's claim) is already there."""
+        log = (self.logs / f"backend-{ordinal}.log").open("ab")
+        self.backends[ordinal] = subprocess.Popen(
+            [*self.net.exec_prefix, sys.executable, "-m", "shardmesh", "accounts-backend",
+             "--listen", f"{self.addresses[ordinal]}:{PORT}", "--ordinal", str(ordinal),
+             "--name", f"{STS}-{ordinal}", "--slots", str(SLOTS), "--assignment", assignment,
+             "--state-file", str(self.logs / f"backend-{ordinal}.state")],
+            stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(lambda: self.state(ordinal), f"backend {ordinal}", timeout=30)
+
+    def stop_backend(self, ordinal: int) -> None:
+        """Its pod was scaled away: the process goes (its state file stays, like a claim)."""
+        proc = self.backends.pop(ordinal)
+        proc.terminate()
+        proc.wait(10)
+
+    def crash_backend(self, ordinal: int) -> None:
+        """SIGKILL, then start again from its state file, as a restarted container would."""
+        proc = self.backends.pop(ordinal)
+        proc.kill()
+        proc.wait(10)
+        self.start_backend(ordinal, "")
 
     def stop(self) -> None:
         for proc in self.backends.values():
