@@ -114,6 +114,9 @@ class DirectoryStream:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ValueError) as err:
             return "connection", f"{url}: {type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 - e.g. a garbled status line: never stop following
+            log.exception("route %s: directory stream", self.spec.name)
+            return "error", f"{url}: {type(err).__name__}: {err}"
 
     def _line(self, message: Obj) -> None:
         now = time.time()

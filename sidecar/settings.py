@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -151,9 +152,16 @@ def directory_flags(args: argparse.Namespace,
         except (OSError, UnicodeDecodeError) as err:
             raise SettingsError(f"cannot read --directory-ca-file {args.directory_ca_file}: "
                                 f"{err}") from None
-    if any(u.startswith("https://") for u in urls) and "-----BEGIN CERTIFICATE-----" not in ca:
-        raise SettingsError("an https --directory-url needs its CA: --directory-ca-file or "
-                            "SHARDMESH_DIRECTORY_CA (PEM) holds no certificate")
+    if any(u.startswith("https://") for u in urls):
+        where = f"--directory-ca-file {args.directory_ca_file}" if args.directory_ca_file \
+            else "SHARDMESH_DIRECTORY_CA"
+        if "-----BEGIN CERTIFICATE-----" not in ca:
+            raise SettingsError(f"an https --directory-url needs its CA: {where} holds no "
+                                "PEM certificate")
+        try:
+            ssl.create_default_context(cadata=ca)
+        except (ssl.SSLError, ValueError) as err:
+            raise SettingsError(f"{where} holds no usable CA certificate: {err}") from None
     return urls, ca
 
 

@@ -19,6 +19,7 @@ from sidecar.discovery import PodInfo, StatefulSetInfo, snapshot
 from sidecar.settings import SettingsError
 from sidecar.slots import SlotMap
 from tests.sidecar.harness import settings_from_args
+from tests.webhook.test_directory_injection import real_ca
 
 SPEC = parse_routes({"shard.io/backend": "ledger"}, "shop")[0]
 
@@ -153,7 +154,10 @@ def test_settings_need_a_ca_for_an_https_directory(tmp_path: Any) -> None:
         settings_from_args(base, {**env, "SHARDMESH_DIRECTORY_URL": "https://d.svc:443"})
     with pytest.raises(SettingsError, match="invalid value 'd.svc' for --directory-url"):
         settings_from_args([*base, "--directory-url", "d.svc"], env)
-    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    with pytest.raises(SettingsError, match="SHARDMESH_DIRECTORY_CA holds no usable CA"):
+        settings_from_args(base, {**env, "SHARDMESH_DIRECTORY_URL": "https://a",
+                                  "SHARDMESH_DIRECTORY_CA": "-----BEGIN CERTIFICATE-----\nx"})
+    ca = real_ca()
     settings = settings_from_args(base, {**env, "SHARDMESH_DIRECTORY_URL": "https://a,https://b",
                                          "SHARDMESH_DIRECTORY_CA": ca})
     assert settings.directory_urls == ("https://a", "https://b") and settings.directory_ca == ca

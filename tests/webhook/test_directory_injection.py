@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,18 @@ import pytest
 
 from sidecar.cli import build_parser
 from sidecar.settings import build_settings
-from webhook import directory
+from webhook import certs, directory
 from webhook.inject import inject
 from webhook.settings import Settings, load
 
 URL = "https://shardmesh-directory.shardmesh-system.svc:443"
-CA = "-----BEGIN CERTIFICATE-----\nMIIBdirectory\n-----END CERTIFICATE-----\n"
+def real_ca(name: str = "shardmesh-directory") -> str:
+    """A real CA bundle (PEM), as the directory's Secret holds."""
+    now = dt.datetime.now(dt.UTC)
+    bundle = certs.fresh([name], now, dt.timedelta(days=1), dt.timedelta(days=2))
+    return bundle.ca_bundle.decode()
+
+CA = real_ca()
 NAMESPACE: dict[str, Any] = {"metadata": {"name": "shop", "labels": {"shard.io/inject": "true"}}}
 
 
@@ -66,7 +73,7 @@ def test_the_ca_file_is_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "SHARDMESH_DIRECTORY_URL" not in sidecar_env(directory.settings_for(settings, ca_file))
     path.write_text(CA)  # the kubelet fills the optional Secret volume in later
     assert sidecar_env(directory.settings_for(settings, ca_file))["SHARDMESH_DIRECTORY_CA"] == CA
-    rotated = CA.replace("MIIBdirectory", "MIIBrotated")
+    rotated = real_ca("rotated")
     path.write_text(rotated)
     os.utime(path, ns=(1, 1))  # a new stamp even within the clock's resolution
     assert sidecar_env(directory.settings_for(settings, ca_file))["SHARDMESH_DIRECTORY_CA"] == \
