@@ -128,10 +128,15 @@ def accept(spec: RouteSpec, doc: object) -> Inputs | str:
         return str(err)
 
 
-def next_slot_map(previous: SlotMap | None, new: SlotMap | None) -> tuple[SlotMap | None, str]:
+def next_slot_map(previous: SlotMap | None, new: SlotMap | None,
+                  remote_problem: str = "") -> tuple[SlotMap | None, str]:
     """Slot mode: the map to hold and why ``new`` was not taken ("" if it was). An epoch
-    that goes back, or S that changes, keeps the last good map."""
+    that goes back, or S that changes, keeps the last good map; so does a replica that
+    has no good map to send (it started while the annotations were bad: ``slots`` is
+    null and ``slot_problem`` says why)."""
     if new is None:
+        if remote_problem and previous is not None:
+            return previous, f"directory: {remote_problem}"
         return None, ""
     refusal = supersedes(previous, new)
     return (previous, f"{refusal}; keeping the last good slot map") if refusal else (new, "")

@@ -133,7 +133,9 @@ class DirectoryStream:
                 self.link = dataclasses.replace(self.link, error=inputs)
                 self._unsynced(inputs)
                 return
-            slot_map, slot_problem = dl.next_slot_map(self.link.slot_map, inputs.slot_map)
+            remote = (message.get("map") or {}).get("slot_problem") or ""
+            slot_map, slot_problem = dl.next_slot_map(self.link.slot_map, inputs.slot_map,
+                                                      str(remote))
             self.link = dataclasses.replace(self.link, slot_map=slot_map, slot_problem=slot_problem)
             shot = snapshot(self.spec, inputs.sts, inputs.pods)
             if self._current():

@@ -125,7 +125,10 @@ def test_slot_maps_only_move_forward() -> None:
     assert kept is two and "went back from 2 to 1" in why and "last good" in why
     kept, why = dl.next_slot_map(two, slot_map(3, slots=32))
     assert kept is two and "changed from 16 to 32" in why
-    assert dl.next_slot_map(two, None) == (None, "")
+    assert dl.next_slot_map(two, None) == (None, "")  # the StatefulSet left slot mode
+    # Another replica that never had a good map sends none, and says why: keep ours.
+    kept, why = dl.next_slot_map(two, None, "invalid value 'x' for shard.io/assignment")
+    assert kept is two and why == "directory: invalid value 'x' for shard.io/assignment"
 
 
 def test_discovery_mode_annotation_and_default() -> None:
