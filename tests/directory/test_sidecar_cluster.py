@@ -100,7 +100,8 @@ class DirectoryCluster(Cluster):
     """``tests.sidecar.test_cluster.Cluster`` with a sidecar that follows the directory."""
 
     def start_directory_sidecar(self, bearer: str, urls: list[str], ca: bytes,
-                                annotations: dict[str, str] | None = None) -> SidecarThread:
+                                annotations: dict[str, str] | None = None,
+                                kubeconfig: Path | None = None) -> SidecarThread:
         from tests.sidecar.test_cluster import write_annotations
 
         tmp = self.annotations.parent
@@ -110,9 +111,11 @@ class DirectoryCluster(Cluster):
         settings = settings_from_args(
             ["--annotations-file", str(self.annotations), "--directory-url", ",".join(urls),
              "--directory-ca-file", str(tmp / "ca.crt"),
-             "--directory-token-file", str(tmp / "token"), "--directory-heartbeat", "1"],
+             "--directory-token-file", str(tmp / "token"), "--directory-heartbeat", "1",
+             *(["--kubeconfig", str(kubeconfig)] if kubeconfig else [])],
             env={"POD_NAMESPACE": self.namespace, "POD_NAME": "client-0"})
-        assert settings.kubeconfig is None  # no way to the API server but the directory
+        if kubeconfig is None:
+            assert settings.kubeconfig is None  # no way to the API server but the directory
         self.sidecar = SidecarThread(settings).start()
         return self.sidecar
 
@@ -324,3 +327,33 @@ def test_a_directory_restarted_while_the_api_server_is_down_keeps_the_last_map(
     wait_for(lambda: not cluster.route()["stale"], "the map confirmed after the API returns",
              timeout=60)
     cluster.routes_correctly(3)
+
+
+def test_a_route_can_opt_out_and_back_in_without_losing_its_map(
+    directory: DirectoryProcess, cluster: DirectoryCluster, reader: str,
+    control_plane: ControlPlane,
+) -> None:
+    from tests.e2e.credentials import write_service_account_kubeconfig
+    from tests.sidecar.test_cluster import write_annotations
+
+    cluster.create(2)
+    kubeconfig = write_service_account_kubeconfig(
+        cluster.annotations.parent / "client.kubeconfig", control_plane.server,
+        control_plane.api_client(), cluster.namespace, "client")
+    cluster.start_directory_sidecar(reader, [directory.url], directory.ca,
+                                    {"shard.io/backend": STS, "shard.io/discovery": "direct"},
+                                    kubeconfig=kubeconfig)
+    cluster.wait_map(all_ready(2), "2 ready ordinals from the sidecar's own watches")
+    assert "stale" not in cluster.route()  # direct routes look as they always did
+    _, maps = directory.get(f"/v1/maps?namespace={cluster.namespace}", bearer=reader)
+    assert maps["maps"] == []
+
+    write_annotations(cluster.annotations, {"shard.io/backend": STS,
+                                            f"shard.io/discovery.{STS}": "directory"})
+    wait_for(lambda: cluster.route().get("discovery") == "directory"
+             and cluster.route()["directory"]["connected"], "the switch to the directory",
+             timeout=15)
+    assert cluster.route()["synced"]
+    _, maps = directory.get(f"/v1/maps?namespace={cluster.namespace}", bearer=reader)
+    assert [m["subscribers"] for m in maps["maps"]] == [1]
+    cluster.routes_correctly(2)
