@@ -41,6 +41,10 @@ def directory(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
     api = client.CoreV1Api(control_plane.api_client())
     ns = namespace_name("dirclient-home")
     api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    # Right after another module's API server restart the controller-manager was seen to
+    # take over 30 s to publish this (a loaded 2-core machine); the harness waits 30 s.
+    wait_for(lambda: api.read_namespaced_config_map("kube-root-ca.crt", ns),
+             f"ConfigMap kube-root-ca.crt in {ns}", timeout=120)
     proc = DirectoryProcess(control_plane, ns, tmp_path_factory.mktemp("directory"))
     try:
         yield proc.start()
