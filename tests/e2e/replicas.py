@@ -55,6 +55,9 @@ class Replicas:
         self._readied: set[str] = set()  # pod UIDs already made Ready
         self._ready_names: set[str] = set()  # names last told to the kubelet as ready
         self._held: set[str] = set()
+        #: UIDs of pods killed here: a list taken just before the delete still shows
+        #: them alive, and must not start a process for them again.
+        self._killed: set[str] = set()
         self.ledgers: list[Ledger] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"replicas-{name}")
@@ -99,6 +102,8 @@ class Replicas:
         self.hold_down(ordinal)
         with self._lock:
             entry = self._live.pop(name, None)
+            if entry is not None:
+                self._killed.add(entry[0])
         if entry is not None:
             entry[1].stop()
         self._api.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
@@ -156,6 +161,8 @@ class Replicas:
                     del self._live[name]
                     backend.stop()
             for name, uid in alive.items():
+                if uid in self._killed:
+                    continue  # listed just before kill() deleted it
                 if name not in self._live:
                     self._live[name] = (uid, self._start_backend(name))
                 if uid not in self._readied and name not in self._held:
