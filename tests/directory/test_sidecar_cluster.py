@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,14 +67,14 @@ class Replica:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> Replica:
+    def start(self, *extra: str, wait: bool = True) -> Replica:
         certs = self.primary.workdir / "certs"
         argv = [sys.executable, "-m", "shardmesh", "directory",
                 "--kubeconfig", str(self.primary.workdir / "directory.kubeconfig"),
                 "--injector-namespace", self.primary.namespace, "--host", "127.0.0.1",
                 "--port", str(self.port), "--cert-mode", "file",
                 "--cert-file", str(certs / "tls.crt"), "--key-file", str(certs / "tls.key"),
-                "--heartbeat-s", "1", "--linger-s", "0", "--deny-cache-s", "0"]
+                "--heartbeat-s", "1", "--linger-s", "0", "--deny-cache-s", "0", *extra]
         log = (self.workdir / f"replica-{self.port}.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -88,6 +89,13 @@ class Replica:
                 return bool(answer.status == 200)
         except OSError:
             return False
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5,
+                                    context=self.primary.context()) as answer:
+            text = answer.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith((name + " ", name + "{")))
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -258,6 +266,37 @@ def test_a_killed_directory_is_reconnected_to_and_resumed_from(
     cluster.wait_map(all_ready(3), "the scale after the restart", timeout=30)
     assert not cluster.route()["stale"]
     cluster.routes_correctly(3)
+
+
+def test_a_reconnect_to_the_same_replica_resumes_without_a_snapshot(
+    directory: DirectoryProcess, cluster: DirectoryCluster, reader: str,
+    replicas: list[Replica], tmp_path: Path,
+) -> None:
+    # The map outlives its last subscriber (the default): with --linger-s 0 the reconnect
+    # would start a new informer, whose map is a new generation.
+    only = Replica(directory, tmp_path).start("--linger-s", "30")
+    replicas.append(only)
+    cluster.create(2)
+    cluster.start_directory_sidecar(reader, [only.url], directory.ca)
+    cluster.wait_map(all_ready(2), "2 ready ordinals")
+    time.sleep(2)  # let the pods' last status writes settle before noting the generation
+    held = cluster.route()["directory"]
+    sent = only.metric("shardmesh_directory_snapshots_sent_total")
+    assert sent >= 1
+    map_generation = cluster.sidecar.call(lambda: cluster.sidecar.sidecar.map.generation)  # type: ignore[union-attr]
+
+    only.signal(signal.SIGSTOP)
+    wait_for(lambda: cluster.route()["stale"], "stale while the replica is frozen", timeout=15)
+    only.signal(signal.SIGCONT)
+    wait_for(lambda: not cluster.route()["stale"], "confirmed by the same replica", timeout=30)
+    again = cluster.route()["directory"]
+    assert (again["source"], again["generation"]) == (held["source"], held["generation"])
+    assert cluster.losses("timeout") >= 1
+    # Resumed at its (source, generation): a heartbeat confirmed the map, no snapshot came.
+    assert only.metric("shardmesh_directory_snapshots_sent_total") == sent
+    assert cluster.sidecar.call(lambda: cluster.sidecar.sidecar.map.generation) == \
+        map_generation  # type: ignore[union-attr]
+    cluster.routes_correctly(2)
 
 
 def test_an_unauthorised_account_gets_no_map_and_is_told_why(
