@@ -17,14 +17,14 @@ connect, which replica to try and what to resume from (README, "The directory").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from directory.maps import Inputs, from_wire
 from sidecar.annotations import RouteSpec
-from sidecar.slot_routing import supersedes
-from sidecar.slots import SlotMap
+from sidecar.discovery import StatefulSetInfo
 
 Obj = dict[str, Any]
 Applied = tuple[str, int]
@@ -54,9 +54,6 @@ class Link:
     failures: int = 0
     #: Why the last stream ended, or why the last snapshot was refused ("" if neither).
     error: str = ""
-    #: Slot mode: the last good slot map, and why a newer one was not taken.
-    slot_map: SlotMap | None = None
-    slot_problem: str = ""
 
 
 def idle_timeout(heartbeat_s: float) -> float:
@@ -128,18 +125,16 @@ def accept(spec: RouteSpec, doc: object) -> Inputs | str:
         return str(err)
 
 
-def next_slot_map(previous: SlotMap | None, new: SlotMap | None,
-                  remote_problem: str = "") -> tuple[SlotMap | None, str]:
-    """Slot mode: the map to hold and why ``new`` was not taken ("" if it was). An epoch
-    that goes back, or S that changes, keeps the last good map; so does a replica that
-    has no good map to send (it started while the annotations were bad: ``slots`` is
-    null and ``slot_problem`` says why)."""
-    if new is None:
-        if remote_problem and previous is not None:
-            return previous, f"directory: {remote_problem}"
-        return None, ""
-    refusal = supersedes(previous, new)
-    return (previous, f"{refusal}; keeping the last good slot map") if refusal else (new, "")
+def with_slots(inputs: Inputs, remote_problem: str) -> StatefulSetInfo | None:
+    """The StatefulSet as ``discovery.snapshot`` takes it, slot map included, so that the
+    shard map decides as for a direct watch (``slot_state.next_slots``: the epoch only
+    grows, a bad map keeps the last good one). ``slots`` on the wire is the directory's
+    last good map; none with a ``slot_problem`` (a replica that never had a good one)
+    is passed on as the error, which keeps the sidecar's own last good map."""
+    if inputs.sts is None:
+        return None
+    error = remote_problem if inputs.slot_map is None else ""
+    return dataclasses.replace(inputs.sts, slots=inputs.slot_map, slot_error=error)
 
 
 def mode_for(annotated: str | None, has_directory: bool) -> str:
@@ -158,7 +153,5 @@ def describe(link: Link, url: str, iso: Callable[[float], str]) -> Obj:
                       "source": link.applied[0] if link.applied else None,
                       "generation": link.applied[1] if link.applied else None,
                       "confirmed_at": iso(link.confirmed_at) if link.confirmed_at else None,
-                      "error": link.error or None,
-                      "slot_epoch": link.slot_map.epoch if link.slot_map else None,
-                      "slot_problem": link.slot_problem or None},
+                      "error": link.error or None},
     }

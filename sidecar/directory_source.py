@@ -133,14 +133,12 @@ class DirectoryStream:
                 self.link = dataclasses.replace(self.link, error=inputs)
                 self._unsynced(inputs)
                 return
-            remote = (message.get("map") or {}).get("slot_problem") or ""
-            slot_map, slot_problem = dl.next_slot_map(self.link.slot_map, inputs.slot_map,
-                                                      str(remote))
-            self.link = dataclasses.replace(self.link, slot_map=slot_map, slot_problem=slot_problem)
-            shot = snapshot(self.spec, inputs.sts, inputs.pods)
+            remote = str((message.get("map") or {}).get("slot_problem") or "")
+            shot = snapshot(self.spec, dl.with_slots(inputs, remote), inputs.pods)
             if self._current():
                 self.map.update(self.spec.name, count=shot.count, start=shot.start,
-                                shards=shot.shards, problem=shot.problem)
+                                shards=shot.shards, problem=shot.problem, slots=shot.slots,
+                                slot_error=shot.slot_error, keep_slots=shot.keep_slots)
         if self.link.stale_since is not None:
             log.info("route %s: directory map current again (source %s, generation %s)",
                      self.spec.name, *key)
@@ -154,7 +152,8 @@ class DirectoryStream:
         """Say why a route that has no map yet has none; a map it has is kept."""
         state = self.map.get(self.spec.name)
         if self._current() and state is not None and not state.synced:
-            self.map.update(self.spec.name, count=0, shards=(), problem=problem, synced=False)
+            self.map.update(self.spec.name, count=0, shards=(), problem=problem, synced=False,
+                            keep_slots=True)
 
     def describe(self) -> Obj:
         return dl.describe(self.link, self.url, iso)
@@ -220,7 +219,7 @@ class Source(KubernetesSource):
             try:
                 self.client = api_client(self.settings)
             except StartupError as err:
-                self.map.update(spec.name, count=0, shards=(), synced=False,
+                self.map.update(spec.name, count=0, shards=(), synced=False, keep_slots=True,
                                 problem=f"shard.io/discovery is 'direct': {err}")
                 return
         route_watch = RouteWatch(spec, self.client, self._publisher(spec), self.stats)

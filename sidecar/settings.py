@@ -24,6 +24,8 @@ from sidecar.annotations import (
     parse_strategy,
     parse_unavailable,
 )
+from sidecar.slots import ASSIGNMENT, EPOCH, SLOTS, SlotError, SlotMap
+from sidecar.slots import parse as parse_slot_annotations
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -48,6 +50,8 @@ class Settings:
     admin: tuple[str, int] | None = ("0.0.0.0", 15020)
     #: Static mode: the routes from --route. Empty means Kubernetes mode.
     static_routes: tuple[StaticRoute, ...] = ()
+    #: Static mode: ``--slot-map``, the slot map of every static route (None: default mode).
+    static_slots: SlotMap | None = None
     #: Kubernetes mode: the downward-API annotations file.
     annotations_file: str | None = None
     #: Kubernetes mode: kubeconfig path, or None for in-cluster config.
@@ -202,8 +206,10 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     except AnnotationError as err:
         raise SettingsError(f"invalid value '{args.max_connections}' for --max-connections: "
                             f"{err.why}") from None
+    static_slots = parse_slot_map(args.slot_map, args.slot_epoch) if args.slot_map else None
     urls, ca = directory_flags(args, env)
     return Settings(
+        static_slots=static_slots,
         directory_urls=urls,
         directory_ca=ca,
         directory_token_file=args.directory_token_file,
@@ -226,3 +232,14 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         static_probe_seconds=args.static_probe,
         log_level=args.log_level,
     )
+
+
+def parse_slot_map(value: str, epoch: str) -> SlotMap:
+    """``--slot-map S:ASSIGNMENT`` at ``--slot-epoch``."""
+    count, _, assignment = value.partition(":")
+    try:
+        smap = parse_slot_annotations({SLOTS: count, ASSIGNMENT: assignment, EPOCH: epoch})
+    except SlotError as err:
+        raise SettingsError(f"invalid value '{value}' for --slot-map: {err}") from None
+    assert smap is not None
+    return smap

@@ -17,7 +17,7 @@ from sidecar.annotations import (
 )
 from sidecar.discovery import PodInfo, StatefulSetInfo, snapshot
 from sidecar.settings import SettingsError
-from sidecar.slots import SlotMap
+from sidecar.shardmap import ShardMap
 from tests.sidecar.harness import settings_from_args
 from tests.webhook.test_directory_injection import real_ca
 
@@ -106,29 +106,45 @@ def test_a_map_is_taken_only_for_the_routes_own_statefulset() -> None:
     assert isinstance(dl.accept(SPEC, ["not", "a", "map"]), str)
 
 
-def slot_map(epoch: int, slots: int = 16) -> SlotMap:
-    from sidecar import slots as slot_module
-
+def slot_wire(epoch: int, slots: int = 16, problem: str | None = None) -> dict[str, Any]:
     half = slots // 2
-    parsed = slot_module.parse({"shard.io/slots": str(slots), "shard.io/epoch": str(epoch),
-                                "shard.io/assignment": f"0-{half - 1}:0,{half}-{slots - 1}:1"},
-                               0)
-    assert parsed is not None
-    return parsed
+    doc = wire(replicas=2)
+    doc["slots"] = {"shard.io/slots": str(slots), "shard.io/epoch": str(epoch),
+                    "shard.io/assignment": f"0-{half - 1}:0,{half}-{slots - 1}:1"}
+    doc["slot_problem"] = problem
+    return doc
 
 
-def test_slot_maps_only_move_forward() -> None:
-    one, two = slot_map(1), slot_map(2)
-    assert dl.next_slot_map(None, one) == (one, "")
-    assert dl.next_slot_map(one, two) == (two, "")
-    kept, why = dl.next_slot_map(two, one)
-    assert kept is two and "went back from 2 to 1" in why and "last good" in why
-    kept, why = dl.next_slot_map(two, slot_map(3, slots=32))
-    assert kept is two and "changed from 16 to 32" in why
-    assert dl.next_slot_map(two, None) == (None, "")  # the StatefulSet left slot mode
-    # Another replica that never had a good map sends none, and says why: keep ours.
-    kept, why = dl.next_slot_map(two, None, "invalid value 'x' for shard.io/assignment")
-    assert kept is two and why == "directory: invalid value 'x' for shard.io/assignment"
+def apply(shard_map: ShardMap, doc: dict[str, Any]) -> None:
+    """What DirectoryStream does with an accepted snapshot."""
+    inputs = dl.accept(SPEC, doc)
+    assert not isinstance(inputs, str), inputs
+    shot = snapshot(SPEC, dl.with_slots(inputs, str(doc.get("slot_problem") or "")),
+                    inputs.pods)
+    shard_map.update(SPEC.name, count=shot.count, start=shot.start, shards=shot.shards,
+                     problem=shot.problem, slots=shot.slots, slot_error=shot.slot_error,
+                     keep_slots=shot.keep_slots)
+
+
+def test_slot_maps_from_the_directory_only_move_forward() -> None:
+    shard_map = ShardMap()
+    shard_map.set_specs([SPEC])
+    state = lambda: shard_map.get(SPEC.name)  # noqa: E731
+    apply(shard_map, slot_wire(2))
+    assert state().slotmap is not None and state().slotmap.epoch == 2  # type: ignore[union-attr]
+    apply(shard_map, slot_wire(1))  # e.g. another replica, behind
+    assert state().slotmap.epoch == 2  # type: ignore[union-attr]
+    assert "went back from 2 to 1" in state().slot_problem  # type: ignore[union-attr]
+    apply(shard_map, slot_wire(3))
+    assert state().slotmap.epoch == 3 and not state().slot_problem  # type: ignore[union-attr]
+    # A replica that never had a good map sends none, and says why: ours stays.
+    none = dict(slot_wire(3), slots=None, slot_problem="invalid value 'x' for assignment")
+    apply(shard_map, none)
+    assert state().slotmap.epoch == 3  # type: ignore[union-attr]
+    assert "invalid value 'x'" in state().slot_problem  # type: ignore[union-attr]
+    # The StatefulSet left slot mode (no slots, no problem): default mode again.
+    apply(shard_map, wire(replicas=2))
+    assert state().slotmap is None and not state().slotted  # type: ignore[union-attr]
 
 
 def test_discovery_mode_annotation_and_default() -> None:
