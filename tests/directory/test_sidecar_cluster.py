@@ -299,6 +299,39 @@ def test_a_reconnect_to_the_same_replica_resumes_without_a_snapshot(
     cluster.routes_correctly(2)
 
 
+def test_slot_mode_through_the_directory_keeps_the_last_good_map(
+    directory: DirectoryProcess, cluster: DirectoryCluster, reader: str,
+) -> None:
+    from sidecar.shardfn import ordinal_for as slot_of
+
+    cluster.create(2)
+    good = {"shard.io/slots": "8", "shard.io/epoch": "3", "shard.io/assignment": "0-5:1,6-7:0"}
+    cluster.apps.patch_namespaced_stateful_set(STS, cluster.namespace,
+                                               {"metadata": {"annotations": good}})
+    cluster.start_directory_sidecar(reader, [directory.url], directory.ca)
+    wait_for(lambda: cluster.route().get("epoch") == 3 and cluster.route()["synced"]
+             and all(s["ready"] for s in cluster.route()["shards"]), "the slot map at epoch 3",
+             timeout=30)
+    keys = [f"k{i}" for i in range(64)]
+    for key, status, _, header in send(cluster.sidecar.port, keys):  # type: ignore[union-attr]
+        owner = 1 if slot_of(key, "modulo", 8) <= 5 else 0  # not modulo 2: slots decide
+        assert (status, header) == (200, str(owner)), key
+    seen = [r for b in cluster.backends.values() for r in b.seen]
+    assert len(seen) == len(keys) and all(r.headers["x-shard-epoch"] == "3" for r in seen)
+
+    # Back to epoch 2: the directory and then the sidecar keep epoch 3, and say why.
+    cluster.apps.patch_namespaced_stateful_set(STS, cluster.namespace, {"metadata": {
+        "annotations": {**good, "shard.io/epoch": "2", "shard.io/assignment": "0-7:0"}}})
+    wait_for(lambda: "went back from 3 to 2" in (
+        directory.get(f"/v1/maps?namespace={cluster.namespace}", bearer=reader)[1]["maps"][0]
+        ["map"]["slot_problem"] or ""), "the directory to refuse epoch 2", timeout=30)
+    time.sleep(1.5)  # a snapshot, had one been sent, has arrived
+    route = cluster.route()
+    assert route["epoch"] == 3 and route["assignment"] is not None, route
+    for key, status, _, header in send(cluster.sidecar.port, keys[:16]):  # type: ignore[union-attr]
+        assert (status, header) == (200, "1" if slot_of(key, "modulo", 8) <= 5 else "0"), key
+
+
 def test_an_unauthorised_account_gets_no_map_and_is_told_why(
     directory: DirectoryProcess, cluster: DirectoryCluster, control_plane: ControlPlane,
 ) -> None:
