@@ -5,7 +5,7 @@ Properties:
 - A request the sidecar forwards reaches the backend with exactly the client's
   header fields minus the hop-by-hop ones, plus X-Shard-Ordinal, X-Shard-Count
   and the framing it re-makes; the body unchanged.
-- A request it refuses gets a 4xx/501 and nothing of it reaches the backend.
+- A request it refuses gets a 4xx/501/505 and nothing of it reaches the backend.
 - Every complete (or malformed) request is answered; nothing crashes.
 - The key and annotation parsers return a value or raise their documented
   error, never another exception.
@@ -301,7 +301,7 @@ def test_forwarded_exactly_or_refused_with_nothing_sent(
     status, response_body = answer
     reached = recorder.requests[before:]  # one connection at a time: all of it is this one's
     if status >= 400:
-        assert status in (400, 404, 408, 413, 414, 417, 431, 501), (status, response_body)
+        assert status in (400, 404, 408, 413, 414, 417, 431, 501, 505), (status, response_body)
         assert json.loads(response_body)["error"]
         assert reached == [], f"refused with {status} but forwarded: {data!r}"
         return
