@@ -18,6 +18,8 @@ from shardmesh.check_cluster import ClusterError, api_error
 from shardmesh.check_model import FAIL, OK, WARN, Finding, Obj
 
 DEPLOYMENT = SERVICE = "shardmesh-directory"
+WEBHOOK_DEPLOYMENT = "shardmesh-webhook"
+CA_SECRET = "shardmesh-directory-certs"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,43 @@ def directory_findings(namespace: str, deployment: Obj | None, readyz: Answer | 
     return findings
 
 
+def webhook_directory_url(webhook: Obj | None) -> str:
+    """The --directory-url the webhook Deployment is given (flag or environment), or ""."""
+    spec = ((webhook or {}).get("spec") or {}).get("template", {}).get("spec") or {}
+    for container in spec.get("containers") or []:
+        args = [str(a) for a in container.get("args") or []]
+        for i, arg in enumerate(args):
+            if arg.startswith("--directory-url="):
+                return arg.split("=", 1)[1]
+            if arg == "--directory-url" and i + 1 < len(args):
+                return args[i + 1]
+        for env in container.get("env") or []:
+            if env.get("name") == "SHARDMESH_DIRECTORY_URL" and env.get("value"):
+                return str(env["value"])
+    return ""
+
+
+def injection_findings(namespace: str, installed: bool, url: str,
+                       ca_secret: bool | None) -> list[Finding]:
+    """Whether new sidecars are injected to use the directory (SPEC §7)."""
+    if not url:
+        if not installed:
+            return []
+        return [Finding(WARN, "directory", f"deployment {namespace}/{WEBHOOK_DEPLOYMENT} has no "
+                        "--directory-url: sidecars watch the API server directly, not the "
+                        "installed directory", ("set SHARDMESH_DIRECTORY_URL and "
+                                                "SHARDMESH_DIRECTORY_CA_FILE as "
+                                                "manifests/base/webhook-deployment.yaml does",))]
+    if ca_secret is False:
+        return [Finding(WARN, "directory", f"secret {namespace}/{CA_SECRET} (the directory's "
+                        "CA) does not exist: sidecars are injected to watch the API server "
+                        "until the directory makes it", (f"kubectl -n {namespace} logs "
+                                                         f"deploy/{DEPLOYMENT}",))]
+    return [Finding(OK, "directory", f"sidecars are injected to use the directory at {url} "
+                    "(shard.io/discovery: direct opts a pod out); it authorises each "
+                    "subscription by the sidecar RBAC checked above")]
+
+
 def directory_section(api: client.ApiClient, namespace: str, timeout: float) -> list[Finding]:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     try:
@@ -90,4 +129,29 @@ def directory_section(api: client.ApiClient, namespace: str, timeout: float) -> 
             return Answer(err.status, api_error(err))
         return Answer(answer.status, answer.data.decode("utf-8", "replace"))
 
-    return directory_findings(namespace, deployment, get("readyz"), get("metrics"))
+    return [*directory_findings(namespace, deployment, get("readyz"), get("metrics")),
+            *injection_findings(namespace, True, webhook_directory_url(_read_webhook(
+                apps, namespace, timeout)), _secret_exists(core, namespace, timeout))]
+
+
+def _read_webhook(apps: client.AppsV1Api, namespace: str, timeout: float) -> Obj | None:
+    import json
+
+    try:
+        response: Any = apps.read_namespaced_deployment(WEBHOOK_DEPLOYMENT, namespace,
+                                                        _preload_content=False,
+                                                        _request_timeout=timeout)
+    except ApiException:
+        return None
+    doc: Obj = json.loads(response.data)
+    return doc
+
+
+def _secret_exists(core: client.CoreV1Api, namespace: str, timeout: float) -> bool | None:
+    """None when the checker may not read it."""
+    try:
+        core.read_namespaced_secret_with_http_info(CA_SECRET, namespace, _preload_content=False,
+                                                   _request_timeout=timeout)
+    except ApiException as err:
+        return False if err.status == 404 else None
+    return True

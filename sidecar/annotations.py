@@ -37,11 +37,13 @@ MEMORY_REQUEST: Final = "shard.io/sidecar-memory-request"
 MEMORY_LIMIT: Final = "shard.io/sidecar-memory-limit"
 #: Client connections the sidecar serves at once (pod-wide, no per-route form).
 MAX_CONNECTIONS: Final = "shard.io/max-connections"
+#: Where a route's map comes from: the directory service, or the sidecar's own watches.
+DISCOVERY: Final = "shard.io/discovery"
 #: Namespace label that takes a namespace out of the webhook's namespaceSelector.
 ADMISSION_WEBHOOKS_LABEL: Final = "shard.io/admission-webhooks"
 
 #: Options that take an optional ``.<route>`` suffix.
-ROUTE_OPTIONS: Final = (KEY, STRATEGY, UNAVAILABLE, TIMEOUT)
+ROUTE_OPTIONS: Final = (KEY, STRATEGY, UNAVAILABLE, TIMEOUT, DISCOVERY)
 RESOURCE_OPTIONS: Final = (CPU_REQUEST, CPU_LIMIT, MEMORY_REQUEST, MEMORY_LIMIT)
 KNOWN: Final = frozenset((INJECT, STATUS, BACKEND, MAX_CONNECTIONS, *ROUTE_OPTIONS,
                           *RESOURCE_OPTIONS))
@@ -61,6 +63,7 @@ MAX_WAIT_MS: Final = 60_000
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 MAX_MAX_CONNECTIONS: Final = 100_000
 MAX_TIMEOUT_S: Final = 3600.0
+DISCOVERY_MODES: Final = ("directory", "direct")
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -234,6 +237,20 @@ def parse_max_connections(key: str, value: str) -> int:
     return int(value)
 
 
+def parse_discovery(key: str, value: str) -> str:
+    """``directory`` or ``direct``."""
+    if value not in DISCOVERY_MODES:
+        raise AnnotationError(key, value, f"expected one of {', '.join(DISCOVERY_MODES)}")
+    return value
+
+
+def discovery_for(annotations: Mapping[str, str], route: str) -> str | None:
+    """``shard.io/discovery.<route>``, else ``shard.io/discovery``, validated; None when
+    neither is set (the sidecar's default then applies: the directory if it has one)."""
+    key, value = _option(annotations, DISCOVERY, route, "")
+    return None if key not in annotations else parse_discovery(key, value)
+
+
 def max_connections(annotations: Mapping[str, str]) -> int | None:
     """``shard.io/max-connections`` if the pod sets it, validated."""
     value = annotations.get(MAX_CONNECTIONS)
@@ -376,6 +393,7 @@ _OPTION_PARSERS: Final[tuple[tuple[str, Callable[[str, str], object]], ...]] = (
     (STRATEGY, parse_strategy),
     (UNAVAILABLE, parse_unavailable),
     (TIMEOUT, parse_duration),
+    (DISCOVERY, parse_discovery),
 )
 
 
@@ -390,6 +408,8 @@ def validate_pod(annotations: Mapping[str, str], pod_namespace: str) -> tuple[Ro
     for option, parse in _OPTION_PARSERS:
         if option in annotations:
             parse(option, annotations[option])
+    for route in routes:  # not part of RouteSpec: the sidecar reads it per route itself
+        discovery_for(annotations, route.name)
     parse_resources(annotations)
     max_connections(annotations)
     return routes

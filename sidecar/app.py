@@ -122,6 +122,9 @@ class Sidecar:
         self.source = source if source is not None else self._default_source()
         self.registry = registry_for(StatsCollector(self.stats, lambda: self.map.generation,
                                                     self._sync_ages, self._epochs))
+        extra = getattr(self.source, "collector", None)
+        if callable(extra):  # the directory's staleness, when the source follows one
+            self.registry.register(extra())
         self.servers: list[asyncio.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
@@ -131,10 +134,10 @@ class Sidecar:
     def _default_source(self) -> RouteSource:
         if self.settings.static:
             return StaticSource(self.settings, self.map)
-        from sidecar.discovery import KubernetesSource
+        from sidecar.directory_source import Source
 
-        return KubernetesSource(self.settings, self.map, self.stats,
-                                on_max_connections=self.set_max_connections)
+        return Source(self.settings, self.map, self.stats,
+                      on_max_connections=self.set_max_connections)
 
     def _map_changed(self, old: RouteState | None, new: RouteState | None) -> None:
         state = new or old

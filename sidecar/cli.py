@@ -14,6 +14,10 @@ Kubernetes mode (what the webhook injects)::
                        routes without ``.namespace`` use it. Required in this mode.
     env KUBECONFIG     used when --kubeconfig is not given; with neither, the
                        in-cluster service-account config is used.
+    env SHARDMESH_DIRECTORY_URL, SHARDMESH_DIRECTORY_CA (PEM)
+                       the directory, as the webhook injects it (--directory-url,
+                       --directory-ca-file win); routes then get their maps from it
+                       unless ``shard.io/discovery`` says ``direct``.
 
     The annotations file is the downward API volume item of
     ``metadata.annotations`` (path ``annotations`` of a volume mounted at
@@ -51,7 +55,7 @@ import argparse
 import sys
 
 from sidecar.annotations import DEFAULT_MAX_CONNECTIONS, AnnotationError
-from sidecar.settings import SettingsError, build_settings
+from sidecar.settings import DEFAULT_TOKEN_FILE, SettingsError, build_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="downward-API file of the pod's annotations, e.g. /etc/shard/annotations")
     k8s.add_argument("--kubeconfig", metavar="PATH",
                      help="kubeconfig (default: $KUBECONFIG, else in-cluster config)")
+    dirs = parser.add_argument_group("Kubernetes mode: the directory (README, The directory)")
+    dirs.add_argument("--directory-url", metavar="URL[,URL]",
+                      help="the directory's URL (default: $SHARDMESH_DIRECTORY_URL); when set, "
+                      "routes use it unless shard.io/discovery says direct")
+    dirs.add_argument("--directory-ca-file", metavar="PATH",
+                      help="PEM CA bundle of the directory (default: the PEM in "
+                      "$SHARDMESH_DIRECTORY_CA)")
+    dirs.add_argument("--directory-token-file", metavar="PATH", default=DEFAULT_TOKEN_FILE,
+                      help=f"service-account token shown to the directory (default "
+                      f"{DEFAULT_TOKEN_FILE}), re-read on every connect")
+    dirs.add_argument("--directory-heartbeat", type=float, default=10.0, metavar="S",
+                      help="the directory's --heartbeat-s; no line for 3 of them means the "
+                      "stream is lost (default 10)")
     static = parser.add_argument_group("static mode")
     static.add_argument("--route", action="append", default=[], metavar="NAME=ADDR0,ADDR1,...",
                         help="a route whose ordinal i is served at ADDRi (host:port); repeatable")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -14,13 +15,36 @@ from sidecar.shardfn import ordinal_for
 from sidecar.shardmap import RouteState, ShardMap
 from sidecar.slot_state import resolve_slot
 
+#: Extra fields per route name, by map (``id``): the directory's staleness, which the
+#: shard map itself does not hold (a stale map is the same map; routing is unchanged).
+_route_fields: dict[int, Callable[[], dict[str, dict[str, Any]]]] = {}
+
+
+def register(shard_map: ShardMap, fields: Callable[[], dict[str, dict[str, Any]]]) -> None:
+    _route_fields[id(shard_map)] = fields
+
+
+def unregister(shard_map: ShardMap) -> None:
+    _route_fields.pop(id(shard_map), None)
+
+
+def describe(shard_map: ShardMap) -> dict[str, Any]:
+    """``/_shard/routes``: the map, and what its sources add per route."""
+    doc = shard_map.describe()
+    fields = _route_fields.get(id(shard_map))
+    if fields is not None:
+        extra = fields()
+        for route in doc["routes"]:
+            route.update(extra.get(route["route"], {}))
+    return doc
+
 
 def introspect(shard_map: ShardMap, method: bytes, path: bytes, query: bytes) -> bytes:
     """The full response for an introspection request."""
     if method not in (b"GET", b"HEAD"):
         return render(ProxyError("method_not_allowed", "/_shard/ endpoints only answer GET"))
     if path == b"/routes":
-        return json_response(shard_map.describe())
+        return json_response(describe(shard_map))
     if path == b"/resolve":
         try:
             return json_response(resolve_info(shard_map, query))

@@ -15,6 +15,7 @@ import os
 from sidecar.annotations import (
     AnnotationError,
     RouteSpec,
+    discovery_for,
     max_connections,
     parse_downward_file,
     parse_routes,
@@ -33,6 +34,8 @@ class AnnotationsFile:
         self.error = ""
         #: ``shard.io/max-connections`` as of the last good read (None: unset).
         self.max_connections: int | None = None
+        #: Route -> ``shard.io/discovery`` for it as of the last good read (None: unset).
+        self.discovery: dict[str, str | None] = {}
 
     def _stat(self) -> Fingerprint | None:
         try:
@@ -60,6 +63,7 @@ class AnnotationsFile:
             annotations = parse_downward_file(text)
             routes = parse_routes(annotations, self.namespace)
             self.max_connections = max_connections(annotations)
+            self.discovery = {r.name: discovery_for(annotations, r.name) for r in routes}
         except AnnotationError as err:
             self._fail(f"annotations file {self.path}: {err}; keeping the current routes")
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from sidecar.annotations import (
 )
 from sidecar.slots import ASSIGNMENT, EPOCH, SLOTS, SlotError, SlotMap
 from sidecar.slots import parse as parse_slot_annotations
+
+DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class SettingsError(ValueError):
@@ -88,10 +91,24 @@ class Settings:
     #: A request head must arrive whole within this long of its first byte (408 beyond),
     #: however steadily it trickles in.
     client_head_seconds: float = 10.0
+    #: The directory's URLs (its Service; more than one: tried in turn). Empty: routes
+    #: watch the API server themselves unless ``shard.io/discovery`` says otherwise.
+    directory_urls: tuple[str, ...] = ()
+    #: The CA bundle (PEM) that signed the directory's certificate.
+    directory_ca: str = ""
+    #: The pod's projected service-account token, re-read on every connect (it rotates).
+    directory_token_file: str = DEFAULT_TOKEN_FILE
+    #: The directory's --heartbeat-s: three of them without a line mean the stream is dead.
+    directory_heartbeat_seconds: float = 10.0
 
     @property
     def static(self) -> bool:
         return bool(self.static_routes)
+
+    @property
+    def directory(self) -> bool:
+        """Whether this sidecar knows a directory (then it is the default discovery)."""
+        return bool(self.directory_urls)
 
 
 def parse_hostport(flag: str, value: str) -> tuple[str, int]:
@@ -116,6 +133,40 @@ def parse_static_route(value: str, key: str, strategy: str, unavailable: str,
         timeout_s=parse_duration(TIMEOUT, timeout),
     )
     return StaticRoute(spec=spec, addresses=addresses)
+
+
+def directory_flags(args: argparse.Namespace,
+                    env: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """--directory-url (or SHARDMESH_DIRECTORY_URL, comma-separated) and the CA: the PEM in
+    SHARDMESH_DIRECTORY_CA (what the webhook injects) or the file --directory-ca-file."""
+    raw = args.directory_url or env.get("SHARDMESH_DIRECTORY_URL", "")
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("https://", "http://")):
+            raise SettingsError(f"invalid value '{url}' for --directory-url: "
+                                "expected https://HOST[:PORT]")
+    if not args.directory_heartbeat > 0:
+        raise SettingsError(f"invalid value '{args.directory_heartbeat}' for "
+                            "--directory-heartbeat: expected seconds > 0")
+    ca = env.get("SHARDMESH_DIRECTORY_CA", "")
+    if args.directory_ca_file:
+        try:
+            with open(args.directory_ca_file, encoding="ascii") as handle:
+                ca = handle.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise SettingsError(f"cannot read --directory-ca-file {args.directory_ca_file}: "
+                                f"{err}") from None
+    if any(u.startswith("https://") for u in urls):
+        where = f"--directory-ca-file {args.directory_ca_file}" if args.directory_ca_file \
+            else "SHARDMESH_DIRECTORY_CA"
+        if "-----BEGIN CERTIFICATE-----" not in ca:
+            raise SettingsError(f"an https --directory-url needs its CA: {where} holds no "
+                                "PEM certificate")
+        try:
+            ssl.create_default_context(cadata=ca)
+        except (ssl.SSLError, ValueError) as err:
+            raise SettingsError(f"{where} holds no usable CA certificate: {err}") from None
+    return urls, ca
 
 
 def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,8 +207,13 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         raise SettingsError(f"invalid value '{args.max_connections}' for --max-connections: "
                             f"{err.why}") from None
     static_slots = parse_slot_map(args.slot_map, args.slot_epoch) if args.slot_map else None
+    urls, ca = directory_flags(args, env)
     return Settings(
         static_slots=static_slots,
+        directory_urls=urls,
+        directory_ca=ca,
+        directory_token_file=args.directory_token_file,
+        directory_heartbeat_seconds=args.directory_heartbeat,
         listen=parse_hostport("--listen", args.listen),
         admin=None if args.admin == "off" else parse_hostport("--admin", args.admin),
         static_routes=routes,

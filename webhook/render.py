@@ -81,7 +81,7 @@ def _sidecar_container(resource_annotations: tuple[tuple[str, str], ...], settin
         "imagePullPolicy": "IfNotPresent",
         "command": sidecar_command(),
         "env": [_field_env("POD_NAME", "metadata.name"),
-                _field_env("POD_NAMESPACE", "metadata.namespace")],
+                _field_env("POD_NAMESPACE", "metadata.namespace"), *_directory_env(settings)],
         "ports": [{"name": "shard-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/readyz", 2, 3),
         "livenessProbe": _probe("/healthz", 10, 3),
@@ -95,6 +95,15 @@ def _sidecar_container(resource_annotations: tuple[tuple[str, str], ...], settin
         container["startupProbe"] = _probe("/healthz", 1, 30)
         container["restartPolicy"] = "Always"
     return container
+
+
+def _directory_env(settings: Settings) -> list[Obj]:
+    """The directory, for routes without ``shard.io/discovery: direct`` (sidecar/cli.py):
+    its URL and the PEM of its CA, inline, so no namespace needs anything of ours."""
+    if not (settings.directory_url and settings.directory_ca):
+        return []
+    return [{"name": "SHARDMESH_DIRECTORY_URL", "value": settings.directory_url},
+            {"name": "SHARDMESH_DIRECTORY_CA", "value": settings.directory_ca}]
 
 
 def _resources(resources: ann.Resources) -> Obj:

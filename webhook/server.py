@@ -21,7 +21,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from sidecar.annotations import clip
-from webhook import admission, metrics
+from webhook import admission, directory, metrics
 from webhook.admission import Handled, NamespaceLookup
 from webhook.errors import BodyTooLarge, WebhookError
 from webhook.logs import event
@@ -45,7 +45,9 @@ def create_app(settings: Settings, namespaces: NamespaceLookup,
     check that both give the same answers)."""
     app = Flask("shardmesh-webhook")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    reviewer = Reviewer(settings, namespaces, recorder)
+    reviewer = Reviewer(settings, namespaces, recorder,
+                        directory.DirectoryCA(settings.directory_ca_file)
+                        if settings.directory_ca_file else None)
 
     @app.post("/mutate")
     def mutate() -> Response:
@@ -87,11 +89,14 @@ class Reviewer:
     settings: Settings
     namespaces: NamespaceLookup
     recorder: Recorder | None = None
+    #: The directory's CA file, when the settings name one.
+    directory_ca: directory.DirectoryCA | None = None
 
     def answer(self, body: bytes, started: float, via: str) -> tuple[int, bytes]:
         metrics.REVIEWS.labels(via).inc()
         try:
-            handled = admission.review(body, self.settings, self.namespaces)
+            settings = directory.settings_for(self.settings, self.directory_ca)
+            handled = admission.review(body, settings, self.namespaces)
         except WebhookError as err:
             return refuse(err)
         except Exception as err:  # a bug: the API server applies failurePolicy to a 500

@@ -91,6 +91,15 @@ class Settings:
     namespace_cache_s: float = 5.0
     #: Kubeconfig for running outside a cluster; empty means in-cluster or ~/.kube.
     kubeconfig: str = ""
+    #: The directory's URL as sidecars reach it (its Service), e.g.
+    #: https://shardmesh-directory.shardmesh-system.svc:443; empty: sidecars watch the API
+    #: server themselves. Injected with the CA, and only while the CA is known.
+    directory_url: str = ""
+    #: The directory's CA bundle (PEM) itself, for ``shardmesh inject`` and tests.
+    directory_ca: str = ""
+    #: A file holding it, re-read when it changes (the directory Secret's ca-bundle.crt,
+    #: mounted); wins over directory_ca.
+    directory_ca_file: str = ""
     #: debug, info, warning or error.
     log_level: str = "info"
     version: str = field(default=__version__)
@@ -121,6 +130,9 @@ class Settings:
         for name in ("max_handshakes", "max_body_bytes", "max_idle_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be at least 1, not {getattr(self, name)}")
+        if self.directory_url and not self.directory_url.startswith(("https://", "http://")):
+            raise ValueError(f"invalid value '{self.directory_url}' for --directory-url: "
+                             "expected https://HOST[:PORT]")
         if self.worker_class not in WORKER_CLASSES:
             raise ValueError(f"invalid worker class '{self.worker_class}': expected "
                              + " or ".join(WORKER_CLASSES))
