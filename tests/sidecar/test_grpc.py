@@ -317,3 +317,95 @@ def test_malformed_frames_get_goaway_protocol_error(grpc_sidecar: SidecarThread)
     with grpc.insecure_channel(f"127.0.0.1:{grpc_sidecar.port}") as ch:
         assert json.loads(ch.unary_unary("/shard.Echo/Unary")(b"", metadata=key_md("1"),
                                                               timeout=5))["key"] == "1"
+
+
+# --- GOAWAY, flow control, many streams ----------------------------------------------------
+
+def key_of(ordinal: int, prefix: str = "") -> str:
+    return next(k for k in (f"{prefix}{i}" for i in range(1000))
+                if ordinal_for(k, "modulo", N) == ordinal)
+
+
+def test_goaway_drains_then_a_new_connection_to_the_same_ordinal(
+        grpc_backends: list[GrpcBackend], make_sidecar: Callable[..., SidecarThread]) -> None:
+    """Ordinal 0 stops gracefully (GOAWAY) during a stream: the stream finishes; the
+    backend comes back on its port; the next call opens a new connection to ordinal 0."""
+    sidecar = make_sidecar("--route", route_arg(grpc_backends), "--static-probe", "0")
+    connects = sidecar.sidecar.stats.upstream_connects
+    key = key_of(0)
+    with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as ch:
+        unary = ch.unary_unary("/shard.Echo/Unary")
+        assert json.loads(unary(b"", metadata=key_md(key), timeout=5))["ordinal"] == 0
+        assert connects[("svc", "0")] == 1
+        stream = ch.unary_stream("/shard.Echo/ServerStream")(b"20:1000:0.05",
+                                                             metadata=key_md(key), timeout=10)
+        assert len(next(stream)) == 1000
+        port = grpc_backends[0].port
+        stopping = threading.Thread(target=grpc_backends[0].stop, args=(5,))
+        stopping.start()
+        assert len(list(stream)) == 19  # in flight at the GOAWAY: served to its end
+        stopping.join(10)
+        grpc_backends[0].close()
+        grpc_backends[0] = GrpcBackend(0, port).start()
+        assert json.loads(unary(b"", metadata=key_md(key), timeout=5))["ordinal"] == 0
+        assert connects[("svc", "0")] == 2
+        assert grpc_backends[0].calls == [("Unary", key)]
+    assert all(k != key for b in grpc_backends[1:] for _, k in b.calls)
+
+
+def test_slow_consumer_of_a_large_stream_holds_bounded_buffers(
+        channel: grpc.Channel, grpc_sidecar: SidecarThread) -> None:
+    """64 MB streamed to a client that stops reading for 2 s: the backend is held back by
+    flow control (acknowledged only as the client reads), so the sidecar holds at most a
+    stream window plus its socket's write limit, never the stream."""
+    count, size = 1024, 64 * 1024
+
+    def held() -> int:
+        def measure() -> int:
+            shared = grpc_sidecar.sidecar.ctx.h2
+            assert shared is not None
+            sockets = sum(f.transport.get_write_buffer_size() for f in shared.fronts)
+            upstream = sum(c.transport.get_write_buffer_size() for p in shared.pools.pools.values()
+                           for c in p.conns if c.transport is not None)
+            return shared.buffered() + sockets + upstream
+        return int(grpc_sidecar.call(measure))
+
+    stream = channel.unary_stream("/shard.Echo/ServerStream")(
+        b"%d:%d" % (count, size), metadata=key_md("big"), timeout=60)
+    received = len(next(stream))
+    peak = 0
+    for _ in range(20):  # the client reads nothing for 2 s
+        time.sleep(0.1)
+        peak = max(peak, held())
+    for message in stream:
+        received += len(message)
+        if received % (8 << 20) == 0:
+            peak = max(peak, held())
+    assert received == count * size
+    assert peak <= 1 << 20, f"the sidecar held {peak} bytes for a slow reader"
+
+
+def test_a_thousand_concurrent_streams_on_one_client_connection(
+        channel: grpc.Channel, grpc_sidecar: SidecarThread,
+        grpc_backends: list[GrpcBackend]) -> None:
+    """1,000 RPCs open at once on one connection, each at its own key's owner, then all
+    cancelled: every cancellation reaches its backend."""
+    hold = channel.unary_stream("/shard.Echo/Hold")
+    keys = [f"s{i}" for i in range(1000)]
+    calls = [hold(b"", metadata=key_md(k), timeout=60) for k in keys]
+    for call in calls:
+        assert next(call) == b"holding"
+
+    def open_streams() -> tuple[int, int]:
+        shared = grpc_sidecar.sidecar.ctx.h2
+        assert shared is not None
+        return len(shared.fronts), sum(len(f.streams) for f in shared.fronts)
+
+    assert grpc_sidecar.call(open_streams) == (1, 1000)
+    for backend in grpc_backends:
+        expected = {k for k in keys if ordinal_for(k, "modulo", N) == backend.ordinal}
+        assert {k for _, k in backend.calls} == expected
+    for call in calls:
+        call.cancel()
+    wait_for(lambda: sum(len(b.cancelled) for b in grpc_backends) == 1000, 10)
+    wait_for(lambda: grpc_sidecar.call(open_streams)[1] == 0)
