@@ -214,8 +214,7 @@ class H2Front(asyncio.Protocol):
         """Graceful shutdown: GOAWAY (streams in flight finish), close when they have."""
         self.draining = True
         with contextlib.suppress(H2Error):
-            self.h2.close_connection(error_code=ErrorCodes.NO_ERROR,
-                                     last_stream_id=self.h2.highest_inbound_stream_id)
+            self.h2.go_away_gracefully(self.h2.highest_inbound_stream_id)
         self.flush()
         if not self.streams:
             self.close()

@@ -5,7 +5,7 @@ Design rules:
   unforwarded bytes, a connection at most its connection window, because
   received data is acknowledged (``acknowledge_received_data``) only once the
   other side has taken it.
-- A GOAWAY received is a drain, not a close: the peer still finishes the streams
+- A GOAWAY (received or sent) is a drain, not a close: the peer still finishes the streams
   up to its last stream id. h2 moves its state machine to CLOSED on a received
   GOAWAY (after which those streams' frames would be protocol errors), so
   ``DrainingH2Connection`` keeps the open state; the owner stops starting streams.
@@ -43,6 +43,14 @@ class DrainingH2Connection(H2Connection):
         if state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
             self.state_machine.state = state
         return result
+
+    def go_away_gracefully(self, last_stream_id: int) -> None:
+        """GOAWAY NO_ERROR, after which the streams up to ``last_stream_id`` still finish
+        (h2 would close its state machine on sending it, as on receiving one)."""
+        state = self.state_machine.state
+        self.close_connection(last_stream_id=last_stream_id)
+        if state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
+            self.state_machine.state = state
 
 
 def new_connection(client_side: bool, max_streams: int) -> DrainingH2Connection:

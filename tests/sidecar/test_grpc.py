@@ -409,3 +409,22 @@ def test_a_thousand_concurrent_streams_on_one_client_connection(
         call.cancel()
     wait_for(lambda: sum(len(b.cancelled) for b in grpc_backends) == 1000, 10)
     wait_for(lambda: grpc_sidecar.call(open_streams)[1] == 0)
+
+
+def test_sidecar_drain_lets_streams_in_flight_finish(grpc_backends: list[GrpcBackend]) -> None:
+    """SIGTERM's drain: GOAWAY to HTTP/2 clients; a stream in flight still ends whole."""
+    from tests.sidecar.harness import settings_from_args
+
+    sidecar = SidecarThread(settings_from_args(["--route", route_arg(grpc_backends)])).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as ch:
+            stream = ch.unary_stream("/shard.Echo/ServerStream")(
+                b"10:100:0.05", metadata=key_md("dr"), timeout=10)
+            assert len(next(stream)) == 100
+            draining = threading.Thread(target=sidecar.stop, kwargs={"drain": True})
+            draining.start()
+            assert len(list(stream)) == 9
+            draining.join(10)
+            assert not draining.is_alive()
+    finally:
+        sidecar.stop()
