@@ -87,6 +87,11 @@ class Bridge:
         if method == b"CONNECT":
             self.fail(ProxyError("method_not_allowed", "CONNECT (tunnels) is not supported"))
             return
+        if path == b"/_shard" or path.startswith((b"/_shard/", b"/_shard?")):
+            # Never routed on to a backend as an "only route" path would be.
+            self.fail(ProxyError("not_found", "the /_shard/ introspection endpoints are served "
+                                 "over HTTP/1.1 only"))
+            return
         lookup = routing.headers_lookup(self.headers)
         self.decided(routing.route(method, path, lookup, routes, grpc=self.grpc))
 

@@ -290,6 +290,8 @@ def test_non_grpc_http2_gets_json_errors_and_statuses(grpc_sidecar: SidecarThrea
     assert json.loads(body)["error"] == "missing_shard_key"
     head, body, _, _ = h2_call(grpc_sidecar.port, [(":path", "/nope/x"), ("x-shard-route", "no")])
     assert head[":status"] == "404" and json.loads(body)["error"] == "unknown_route"
+    head, body, _, _ = h2_call(grpc_sidecar.port, [(":path", "/_shard/routes")])
+    assert head[":status"] == "404" and "HTTP/1.1 only" in json.loads(body)["message"]
 
 
 def test_http11_still_served_on_the_same_port(grpc_sidecar: SidecarThread) -> None:
