@@ -32,6 +32,8 @@ COMPILED = [
     "sidecar/shardmap.py",
     "sidecar/metrics.py",
     "sidecar/upstream.py",
+    "sidecar/slot_state.py",
+    "sidecar/slot_exchange.py",
     "sidecar/exchange.py",
     "sidecar/proxy.py",
 ]

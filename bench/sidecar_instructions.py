@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
             ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={out}", sys.executable, "-m", "shardmesh", "sidecar",
              "--route", f"backend={addresses}", "--listen", f"127.0.0.1:{port}",
-             "--admin", "off", "--log-level", "warning"], "1", cwd=REPO)
+             "--admin", "off", "--log-level", "warning",
+             *(["--slot-map", "64:0-21:0,22-42:1,43-63:2"] if args.slots else [])],
+            "1", cwd=REPO)
         for p in backend_ports:
             bench_sidecar.wait_port(p)
         bench_sidecar.wait_port(port, timeout=120)  # valgrind starts Python slowly
@@ -67,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if totals is None:
         sys.exit(f"bench: no totals in {out}")
     instructions = int(totals[1])
-    print(f"sidecar data plane {bench_sidecar.data_plane()}: {result.requests:,} requests "
-          f"at 50 connections under callgrind")
+    mode = "slot mode (64 slots)" if args.slots else "default mode"
+    print(f"sidecar data plane {bench_sidecar.data_plane()}, {mode}: {result.requests:,} "
+          "requests at 50 connections under callgrind")
     print(f"user-space instructions per request: {instructions / result.requests:,.0f}\n")
     print(top_functions(out, result.requests, args.top))
     print(f"(callgrind_annotate --inclusive=yes {out} for the rest)")
@@ -92,6 +95,8 @@ def top_functions(path: Path, requests: int, count: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of measured load")
+    parser.add_argument("--slots", action="store_true",
+                        help="route in slot mode (--slot-map over the three backends)")
     parser.add_argument("--top", type=int, default=15, help="functions listed")
     parser.add_argument("--keep", default="/tmp/shardmesh-sidecar.callgrind",
                         help="where the callgrind file is written")

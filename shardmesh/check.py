@@ -38,6 +38,7 @@ from shardmesh.check_model import FAIL, Finding, Obj, worst
 from shardmesh.check_optin import opted_in, sidecar_findings
 from shardmesh.check_probe import probe
 from shardmesh.check_rbac import rbac_findings, requirements
+from shardmesh.check_slots import slot_section
 from shardmesh.check_webhook import (
     WebhookTarget,
     missing_config_finding,
@@ -181,7 +182,7 @@ def _namespace_sections(
     role_exists = (not any(denied.values())
                    or cluster.clusterrole_exists(settings.sidecar_clusterrole))
     return [*problems, *rbac_findings(denied, settings.sidecar_clusterrole, role_exists),
-            *sidecar_findings(scope)]
+            *sidecar_findings(scope), *slot_section(scope, cluster.statefulset)]
 
 
 def _guard(check: str, section: Callable[[], list[Finding]]) -> list[Finding]:

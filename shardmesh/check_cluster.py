@@ -80,6 +80,17 @@ class Cluster:
             pods += self._list(f"pods in namespace '{name}'", self.core.list_namespaced_pod, name)
         return pods
 
+    def statefulset(self, namespace: str, name: str) -> Obj | None:
+        """The StatefulSet, None when absent; ValueError naming the call otherwise."""
+        try:
+            found: Obj = _json(client.AppsV1Api(self.core.api_client).read_namespaced_stateful_set(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout))
+            return found
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise ValueError(f"reading statefulset {namespace}/{name}: {api_error(err)}") from None
+
     def _list(self, what: str, method: Any, *args: str) -> list[Obj]:
         try:
             items: list[Obj] = _json(method(*args, _preload_content=False,

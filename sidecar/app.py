@@ -64,7 +64,7 @@ class StaticSource:
         name = route.spec.name
         shards = [Shard(ordinal=i, ready=up, address=a, pod=f"{name}-{i}")
                   for i, (a, up) in enumerate(zip(route.addresses, ready, strict=True))]
-        self.map.update(name, count=len(shards), shards=shards)
+        self.map.update(name, count=len(shards), shards=shards, slots=self.settings.static_slots)
 
     async def _probe(self) -> None:
         interval = self.settings.static_probe_seconds
@@ -121,7 +121,7 @@ class Sidecar:
         self.map.add_listener(self._map_changed)
         self.source = source if source is not None else self._default_source()
         self.registry = registry_for(StatsCollector(self.stats, lambda: self.map.generation,
-                                                    self._sync_ages))
+                                                    self._sync_ages, self._epochs))
         self.servers: list[asyncio.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
@@ -144,6 +144,14 @@ class Sidecar:
             (s.ordinal, s.address) for s in new.shards[: new.count] if s.address is not None
         }
         self.pools.retain(state.spec.name, current)
+        if new is not None and new.slot_problem and (old is None
+                                                     or old.slot_problem != new.slot_problem):
+            bad = self.stats.bad_slot_maps
+            bad[(new.name, "")] = bad.get((new.name, ""), 0) + 1
+
+    def _epochs(self) -> dict[str, int]:
+        return {s.spec.name: s.slotmap.epoch for s in self.map.routes.values()
+                if s.slotmap is not None}
 
     def _sync_ages(self) -> dict[str, float | None]:
         now = time.monotonic()

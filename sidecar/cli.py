@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     static.add_argument("--static-probe", type=float, default=1.0, metavar="S",
                         help="seconds between TCP probes that mark an address that refuses "
                         "connections not ready (default 1; 0 disables)")
+    static.add_argument("--slot-map", metavar="S:ASSIGNMENT",
+                        help="slot mode for every static route (SPEC §6), e.g. "
+                        "64:0-21:0,22-42:1,43-63:2; address i serves pod ordinal i")
+    static.add_argument("--slot-epoch", default="1", metavar="E",
+                        help="the epoch of --slot-map (default 1)")
     common = parser.add_argument_group("listeners and lifecycle")
     common.add_argument("--listen", default="127.0.0.1:15001", metavar="HOST:PORT",
                         help="data listener (default 127.0.0.1:15001)")

@@ -18,6 +18,9 @@ Design rules:
 - Watch expiry (410) lists again; connection errors (an apiserver restart)
   keep the last known map and reconnect with backoff. Nothing is guessed:
   until the first full list, the route is not synced (503 shard_map_not_ready).
+- Slot mode (SPEC §6): each StatefulSet event also parses its slot annotations
+  (``sidecar.slots.parse``); the map decides on the loop thread whether they
+  replace the last good slot map (``slot_state.next_slots``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.annotations import RouteSpec
@@ -36,6 +39,8 @@ from sidecar.metrics import Stats
 from sidecar.reload import AnnotationsFile
 from sidecar.settings import Settings
 from sidecar.shardmap import Shard, ShardMap
+from sidecar.slots import SlotError, SlotMap
+from sidecar.slots import parse as parse_slots
 
 log = logging.getLogger("shardmesh.sidecar.discovery")
 
@@ -61,6 +66,10 @@ class StatefulSetInfo:
     start: int = 0
     #: Why this StatefulSet cannot be mapped ("" when it can).
     problem: str = ""
+    #: Slot mode (SPEC §6): the parsed slot annotations (None: default mode), or why
+    #: they are invalid (the sidecar then keeps its last good map).
+    slots: SlotMap | None = None
+    slot_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,13 @@ def statefulset_info(sts: Obj) -> StatefulSetInfo:
         return StatefulSetInfo(replicas=replicas, template_port=port, problem=(
             f"statefulset {name}: spec.ordinals.start is {start!r}, "
             "expected a non-negative integer"))
-    return StatefulSetInfo(replicas=replicas, template_port=port, start=start)
+    annotations = (sts.get("metadata") or {}).get("annotations") or {}
+    try:
+        return StatefulSetInfo(replicas=replicas, template_port=port, start=start,
+                               slots=parse_slots(annotations, start))
+    except SlotError as err:
+        return StatefulSetInfo(replicas=replicas, template_port=port, start=start,
+                               slot_error=str(err))
 
 
 def pod_info(pod: Obj, statefulset: str) -> PodInfo | None:
@@ -125,16 +140,21 @@ class Snapshot:
     start: int
     shards: list[Shard]
     problem: str
+    slots: SlotMap | None = None
+    slot_error: str = ""
+    #: The slot annotations were not read (a bad spec): the route keeps its slot map.
+    keep_slots: bool = field(default=False, compare=False)
 
 
 def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None, pods: Iterable[PodInfo]) -> Snapshot:
     """The route's map: pure, so the rules above are testable."""
     backend = spec.backend
     if sts is None:
+        # deleted: its slot map goes too, so a re-created one may start at epoch 1 again
         return Snapshot(0, 0, [], f"statefulset {backend.namespace}/{backend.statefulset} "
                         "not found")
     if sts.problem:
-        return Snapshot(0, 0, [], sts.problem)
+        return Snapshot(0, 0, [], sts.problem, keep_slots=True)
     port = backend.port or sts.template_port
     by_ordinal = {p.ordinal: p for p in pods}
     shards = []
@@ -149,7 +169,7 @@ def snapshot(spec: RouteSpec, sts: StatefulSetInfo | None, pods: Iterable[PodInf
                             address=address, pod=name))
     problem = "" if port else (f"no port: statefulset {backend.statefulset} declares no "
                                "containerPort and the route gives none")
-    return Snapshot(sts.replicas, sts.start, shards, problem)
+    return Snapshot(sts.replicas, sts.start, shards, problem, sts.slots, sts.slot_error)
 
 
 def api_client(settings: Settings) -> Any:
@@ -413,7 +433,8 @@ class KubernetesSource:
                 current = shard_map.get(spec.name)
                 if current is not None and current.spec.backend == spec.backend:
                     shard_map.update(spec.name, count=shot.count, start=shot.start,
-                                     shards=shot.shards, problem=shot.problem)
+                                     shards=shot.shards, problem=shot.problem, slots=shot.slots,
+                                     slot_error=shot.slot_error, keep_slots=shot.keep_slots)
 
             loop.call_soon_threadsafe(apply)
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from sidecar import http11, keys
+from sidecar import http11, keys, slot_exchange
 from sidecar.errors import ProxyError, render
 from sidecar.introspect import introspect
 from sidecar.shardmap import RouteState, Shard, resolve
@@ -90,6 +90,13 @@ class Exchange:
     began = False
     target = b""
     head_base = 0
+    # Slot mode (slot_exchange.py): the upstream fencing lines (b"" in default mode),
+    # the key (to resolve again after a 421) and the body sent so far, for a replay
+    # (None: not kept, or over the bound and streamed).
+    fence = b""
+    slot_key = ""
+    replay: list[bytes] | None = None
+    replay_bytes = 0
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
@@ -193,6 +200,9 @@ class Exchange:
         self.route_key(self.state, key)
 
     def route_key(self, state: RouteState, key: str) -> None:
+        if state.slotted:
+            slot_exchange.route(self, state, key)
+            return
         try:
             ordinal, shard = resolve(state, key)
         except ProxyError as err:
@@ -285,7 +295,8 @@ class Exchange:
         if self.drop:
             head = _without(head, self.drop)
         head[0] = self.method + b" " + self.target + _SP_HTTP11_CRLF  # cheaper than a join
-        head.append(shard.upstream_header)
+        fence = self.fence
+        head.append(fence if fence else shard.upstream_header)
         if self.chunked:
             head.append(http11.CHUNKED)
         elif self.content_length is not None:
@@ -298,6 +309,8 @@ class Exchange:
                 head += [http11.chunk(p) for p in self.pending]
             else:
                 head += self.pending
+            if self.replay is not None:
+                slot_exchange.keep(self, self.pending)
             self.pending, self.pending_bytes = [], 0
             conn.unblock(BLOCK_PENDING)
         if self.request_done and self.chunked:
@@ -318,6 +331,8 @@ class Exchange:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.write(http11.chunk(data) if self.chunked else data)
+            if self.replay is not None:
+                slot_exchange.keep(self, [data])
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
@@ -357,6 +372,11 @@ class Exchange:
         conn = self.conn
         self.deadline = 0.0
         self.status = status = up.status
+        if self.fence:
+            if status == 421:
+                slot_exchange.misdirected(self, up)  # never relayed: resolve again
+                return
+            self.replay = None  # answered: nothing left to replay
         head = up.head  # its first item is already the status line
         shard = self.shard
         assert shard is not None

@@ -11,7 +11,8 @@ from urllib.parse import parse_qs
 
 from sidecar.errors import ProxyError, json_response, render
 from sidecar.shardfn import ordinal_for
-from sidecar.shardmap import ShardMap
+from sidecar.shardmap import RouteState, ShardMap
+from sidecar.slot_state import resolve_slot
 
 
 def introspect(shard_map: ShardMap, method: bytes, path: bytes, query: bytes) -> bytes:
@@ -42,6 +43,8 @@ def resolve_info(shard_map: ShardMap, query: bytes) -> dict[str, Any]:
         raise ProxyError("unknown_route", f"no route '{route}'", route=route)
     info: dict[str, Any] = {"route": route, "key": key, "strategy": state.spec.strategy,
                             "count": state.count, "start": state.start, "synced": state.synced}
+    if state.slotted:
+        return {**info, **slot_info(state, key)}
     if not state.synced or state.count < 1:
         return {**info, "ordinal": None, "pod": None, "address": None, "ready": False}
     shard = state.shard(ordinal_for(key, state.spec.strategy, state.count))
@@ -49,3 +52,26 @@ def resolve_info(shard_map: ShardMap, query: bytes) -> dict[str, Any]:
     # The pod's own ordinal (start + the key function's result), as X-Shard-Ordinal says.
     return {**info, "ordinal": shard.ordinal, "pod": shard.pod or None, "address": address,
             "ready": shard.ready and shard.address is not None}
+
+
+def slot_info(state: RouteState, key: str) -> dict[str, Any]:
+    """Slot mode: the key's slot and its owner at the map's epoch; ``problem`` says why
+    a request for it would not be sent now (moving, owner down, no assignment)."""
+    smap = state.slotmap
+    info: dict[str, Any] = {"slots": smap.slots if smap else None,
+                            "epoch": smap.epoch if smap else None, "slot": None,
+                            "ordinal": None, "pod": None, "address": None, "ready": False}
+    if smap is not None:
+        info["slot"] = slot = smap.slot_for(key, state.strategy)
+        info["ordinal"] = ordinal = smap.owner(slot)
+        index = -1 if ordinal is None else ordinal - state.start
+        if 0 <= index < state.count:
+            shard = state.shard(index)
+            info["pod"] = shard.pod or None
+            info["address"] = f"{shard.address[0]}:{shard.address[1]}" if shard.address else None
+    try:
+        resolve_slot(state, key)
+        info["ready"] = True
+    except ProxyError as err:
+        info["problem"] = err.message
+    return info

@@ -67,6 +67,11 @@ class Stats:
         self.connect_failures: dict[tuple[str, str], int] = {}
         self.annotation_reloads: dict[str, int] = {"ok": 0, "error": 0}
         self.watch_restarts: dict[str, int] = {}
+        # Slot mode: 421s by (route, ordinal); requests held by (route, reason:
+        # migrating, unavailable, epoch); slot maps refused by (route, "").
+        self.misdirected: dict[tuple[str, str], int] = {}
+        self.slot_held: dict[tuple[str, str], int] = {}
+        self.bad_slot_maps: dict[tuple[str, str], int] = {}
 
     def slot(self, route: str, ordinal: str) -> Slot:
         by_ordinal = self.requests.get(route)
@@ -87,8 +92,11 @@ def bump(counter: dict[tuple[str, str], int], route: str, ordinal: str) -> None:
 
 class StatsCollector(Collector):
     def __init__(self, stats: Stats, generation: Callable[[], int],
-                 sync_ages: Callable[[], dict[str, float | None]]) -> None:
+                 sync_ages: Callable[[], dict[str, float | None]],
+                 epochs: Callable[[], dict[str, int]] | None = None) -> None:
         self.stats, self.generation, self.sync_ages = stats, generation, sync_ages
+        #: route -> its slot map's epoch (slot-mode routes with a map only).
+        self.epochs = epochs
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         s = self.stats
@@ -119,6 +127,7 @@ class StatsCollector(Collector):
             for (route, ordinal), n in data.items():
                 family.add_metric([route, ordinal], n)
             yield family
+        yield from self.collect_slots()
         reloads = CounterMetricFamily("shardmesh_sidecar_annotation_reloads",
                                       "Annotation file reloads", labels=["result"])
         for result, n in s.annotation_reloads.items():
@@ -138,6 +147,30 @@ class StatsCollector(Collector):
             if age is not None:
                 ages.add_metric([route], age)
         yield ages
+
+    def collect_slots(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self.stats
+        for name, doc, label, data in (
+            ("shardmesh_sidecar_misdirected", "421 answers (slot not owned); never relayed",
+             "ordinal", s.misdirected),
+            ("shardmesh_sidecar_slot_held", "Slot-mode requests held for a newer map",
+             "reason", s.slot_held),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["route", label])
+            for (route, value), n in data.items():
+                family.add_metric([route, value], n)
+            yield family
+        bad = CounterMetricFamily("shardmesh_sidecar_slot_map_refused",
+                                  "Slot maps refused (invalid, or the epoch went back)",
+                                  labels=["route"])
+        for (route, _), n in s.bad_slot_maps.items():
+            bad.add_metric([route], n)
+        yield bad
+        epochs = GaugeMetricFamily("shardmesh_sidecar_slot_map_epoch",
+                                   "The epoch of each slot-mode route's map", labels=["route"])
+        for route, epoch in (self.epochs() if self.epochs is not None else {}).items():
+            epochs.add_metric([route], epoch)
+        yield epochs
 
 
 def registry_for(collector: StatsCollector) -> CollectorRegistry:

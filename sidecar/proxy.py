@@ -378,8 +378,12 @@ class ClientConnection(asyncio.Protocol):
         if self.write_paused or self.blocked & _FULL:
             return True
         exchange = self.parsing
-        return exchange is not None and exchange.json_mode and not exchange.finished and \
-            exchange.pending_bytes > BUFFER_WEIGHT // 2
+        if exchange is None or exchange.finished:
+            return False
+        if exchange.json_mode and exchange.pending_bytes > BUFFER_WEIGHT // 2:
+            return True
+        # slot mode keeps what it sent of a body for a replay after a 421 (slot_exchange)
+        return exchange.replay is not None and exchange.replay_bytes > BUFFER_WEIGHT // 2
 
     def _upstream_reading(self, on: bool) -> None:
         """Backpressure: only the head exchange has a backend sending to this client."""

@@ -23,6 +23,8 @@ from sidecar.annotations import (
     parse_strategy,
     parse_unavailable,
 )
+from sidecar.slots import ASSIGNMENT, EPOCH, SLOTS, SlotError, SlotMap
+from sidecar.slots import parse as parse_slot_annotations
 
 
 class SettingsError(ValueError):
@@ -45,6 +47,8 @@ class Settings:
     admin: tuple[str, int] | None = ("0.0.0.0", 15020)
     #: Static mode: the routes from --route. Empty means Kubernetes mode.
     static_routes: tuple[StaticRoute, ...] = ()
+    #: Static mode: ``--slot-map``, the slot map of every static route (None: default mode).
+    static_slots: SlotMap | None = None
     #: Kubernetes mode: the downward-API annotations file.
     annotations_file: str | None = None
     #: Kubernetes mode: kubeconfig path, or None for in-cluster config.
@@ -151,7 +155,9 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     except AnnotationError as err:
         raise SettingsError(f"invalid value '{args.max_connections}' for --max-connections: "
                             f"{err.why}") from None
+    static_slots = parse_slot_map(args.slot_map, args.slot_epoch) if args.slot_map else None
     return Settings(
+        static_slots=static_slots,
         listen=parse_hostport("--listen", args.listen),
         admin=None if args.admin == "off" else parse_hostport("--admin", args.admin),
         static_routes=routes,
@@ -170,3 +176,14 @@ def build_settings(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         static_probe_seconds=args.static_probe,
         log_level=args.log_level,
     )
+
+
+def parse_slot_map(value: str, epoch: str) -> SlotMap:
+    """``--slot-map S:ASSIGNMENT`` at ``--slot-epoch``."""
+    count, _, assignment = value.partition(":")
+    try:
+        smap = parse_slot_annotations({SLOTS: count, ASSIGNMENT: assignment, EPOCH: epoch})
+    except SlotError as err:
+        raise SettingsError(f"invalid value '{value}' for --slot-map: {err}") from None
+    assert smap is not None
+    return smap

@@ -26,6 +26,8 @@ from sidecar.annotations import KeySource, RouteSpec
 from sidecar.errors import ProxyError
 from sidecar.http11 import title_case
 from sidecar.shardfn import ordinal_for
+from sidecar.slot_state import fences, next_slots
+from sidecar.slots import SlotMap, format_migrating
 
 if TYPE_CHECKING:
     # Typed, so the compiled proxy reads a pool's fields natively.
@@ -70,6 +72,11 @@ class RouteState:
     #: Why the map is not usable yet (shown by /_shard/routes), e.g. "statefulset not found".
     problem: str = ""
     synced_at: float = 0.0
+    #: Slot mode (SPEC §6): the StatefulSet has shard.io/slots. ``slotmap`` is the last
+    #: good map (None: none yet); ``slot_problem`` says why a newer one was refused.
+    slotted: bool = False
+    slotmap: SlotMap | None = None
+    slot_problem: str = ""
     #: ordinal -> its upstream pool, filled by the proxy (a cache; this state's addresses only).
     pools: dict[int, Pool] = field(default_factory=dict, compare=False)
     # Derived from spec and count for the hot path, as native fields: reading them
@@ -82,6 +89,14 @@ class RouteState:
     key_spelling: bytes = field(init=False, compare=False, repr=False)
     strategy: str = field(init=False, compare=False, repr=False)
     timeout_s: float = field(init=False, compare=False, repr=False)
+    #: ordinal -> its precomputed slot-mode upstream header lines (slot_state.fences).
+    fences: dict[int, bytes] = field(init=False, compare=False, repr=False)
+    #: S when keys can be routed by slot (synced, a map with an assignment), else 0.
+    slot_count: int = field(init=False, compare=False, repr=False)
+    #: slot -> (shard, slot, fence) for slots this state sends (slot_state.resolve_slot);
+    #: filled as requests come, new with every state.
+    slot_cache: dict[int, tuple[Shard, int, bytes]] = field(init=False, compare=False,
+                                                             repr=False)
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -90,6 +105,11 @@ class RouteState:
             "name": spec.name, "key": spec.key, "key_kind": spec.key.kind,
             "key_header": header, "key_spelling": title_case(header),
             "strategy": spec.strategy, "timeout_s": spec.timeout_s,
+            "fences": fences(self.slotmap, [s.ordinal for s in self.shards]),
+            "slot_count": self.slotmap.slots if (
+                self.slotmap is not None and self.slotmap.assignment is not None
+                and self.synced and self.count >= 1) else 0,
+            "slot_cache": {},
         }
         if any(s.count != self.count for s in self.shards):
             # New shards, not changed ones: a state still in use keeps its own headers.
@@ -115,13 +135,29 @@ class RouteState:
             "key": str(spec.key), "strategy": spec.strategy, "wait_ms": spec.wait_ms,
             "timeout_s": spec.timeout_s, "synced": self.synced, "count": self.count,
             "start": self.start,
-            "problem": self.problem or None,
+            "problem": self.problem or self.slot_problem or None,
+            **self.describe_slots(),
             "shards": [
                 {"ordinal": s.ordinal, "ready": s.ready, "pod": s.pod or None,
                  "address": f"{s.address[0]}:{s.address[1]}" if s.address else None}
                 for s in (self.shard(i) for i in range(self.count))
             ],
         }
+
+    def describe_slots(self) -> dict[str, Any]:
+        smap = self.slotmap
+        if not self.slotted:
+            return {"mode": "default"}
+        if smap is None:
+            return {"mode": "slots", "slots": None, "epoch": None, "assignment": None,
+                    "migrating": None}
+        assignment = smap.assignment
+        return {"mode": "slots", "slots": smap.slots, "epoch": smap.epoch,
+                "assignment": None if assignment is None else {
+                    "ranges": str(assignment),
+                    "slots_per_ordinal": {str(o): n for o, n in sorted(
+                        assignment.counts().items())}},
+                "migrating": format_migrating(smap.migrating) or None}
 
 
 def resolve(state: RouteState, key: str) -> tuple[int, Shard]:
@@ -193,9 +229,11 @@ class ShardMap:
         return rebuild
 
     def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",
-               synced: bool = True, start: int = 0) -> None:
+               synced: bool = True, start: int = 0, slots: SlotMap | None = None,
+               slot_error: str = "", keep_slots: bool = False) -> None:
         """A new snapshot for a route (from discovery or static config): ``shards[i]`` is
-        the pod with ordinal ``start + i``."""
+        the pod with ordinal ``start + i``. ``slots``/``slot_error`` are what the
+        StatefulSet's slot annotations parse to (``keep_slots``: unknown, keep them)."""
         key = name.encode()
         old = self.routes.get(key)
         if old is None:
@@ -206,12 +244,20 @@ class ShardMap:
             # A bug upstream of here; an unusable map is better than a misrouting one.
             log.error("route %s: refusing a shard map: %s", name, wrong)
             synced, shards, problem = False, (), f"bad shard map: {wrong}"
+        if keep_slots:
+            slotmap, slotted, slot_problem = old.slotmap, old.slotted, old.slot_problem
+        else:
+            slotmap, slotted, slot_problem = next_slots(old.slotmap, slots, slot_error)
+        if slot_problem and slot_problem != old.slot_problem:
+            log.warning("route %s: slot map refused: %s", name, slot_problem)
         if (old.synced == synced and old.count == count and old.start == start
-                and old.shards == shards and old.problem == problem):
+                and old.shards == shards and old.problem == problem
+                and old.slotted == slotted and old.slotmap == slotmap
+                and old.slot_problem == slot_problem):
             return  # e.g. a pod's status heartbeat: nothing that routing sees changed
         state = replace(old, synced=synced, count=count, start=start, shards=shards,
                         problem=problem, synced_at=time.monotonic() if synced else old.synced_at,
-                        pools={})
+                        slotted=slotted, slotmap=slotmap, slot_problem=slot_problem, pools={})
         self._set(key, state)
 
     def _set(self, key: bytes, state: RouteState | None) -> None:

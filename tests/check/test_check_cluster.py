@@ -293,3 +293,31 @@ def test_pods_without_the_sidecar_are_listed(control_plane: Any, namespace: str,
     assert finding["message"].endswith(f": {web_pod}")
     assert finding["hints"] == [f"kubectl rollout restart deployment/web -n {namespace}"]
     control_plane.kubectl(*shlex.split(finding["hints"][0])[1:])  # the hint is a working command
+
+
+def test_a_bad_slot_map_of_a_routed_statefulset_is_reported(
+        control_plane: Any, namespace: str, capsys: pytest.CaptureFixture[str]) -> None:
+    api = control_plane.api_client()
+    _label_opted_in(control_plane, namespace)
+    client.CoreV1Api(api).create_namespaced_pod(namespace, {
+        "metadata": {"name": "client", "annotations": {"shard.io/backend": "ledger,audit"}},
+        "spec": {"containers": [{"name": "shard-router", "image": "r"},
+                                {"name": "app", "image": "a"}]}})
+
+    def sts(name: str, annotations: dict[str, str]) -> None:
+        client.AppsV1Api(api).create_namespaced_stateful_set(namespace, {
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"serviceName": name, "replicas": 0, "selector": {"matchLabels": {"a": name}},
+                     "template": {"metadata": {"labels": {"a": name}},
+                                  "spec": {"containers": [{"name": "c", "image": "c"}]}}}})
+
+    sts("ledger", {"shard.io/slots": "64", "shard.io/assignment": "0-10:0"})
+    sts("audit", {"shard.io/slots": "8"})
+    code, findings = check(control_plane, capsys, "--webhook-config", f"absent-{namespace}",
+                           "--namespace", namespace)
+    assert code == 1
+    bad = only(findings, "slots", f"statefulset {namespace}/ledger")
+    assert bad["status"] == "FAIL" and "53 of 64 slots have no owner" in bad["message"]
+    fresh = only(findings, "slots", f"statefulset {namespace}/audit")
+    assert fresh["status"] == "WARN" and fresh["hints"] == [
+        f"shardmesh reshard audit -n {namespace} --init"]
