@@ -155,6 +155,12 @@ def route_body(need: NeedBody, body: bytes) -> Decision:
 
 def owner(state: RouteState, key: str, upstream_path: bytes) -> Decision:
     """``key``'s owner in ``state``; a Refusal that keeps the key when it is not ready."""
+    if state.slotted:
+        # Slot mode (SPEC §6) fences and replays on 421, which only the HTTP/1.1 path does
+        # yet: refused rather than routed by the default function, which could misroute.
+        return Refusal(ProxyError("not_implemented", f"route '{state.name}' is in slot mode, "
+                                  "which the sidecar routes over HTTP/1.1 only so far",
+                                  route=state.name))
     try:
         ordinal, shard = resolve(state, key)
     except ProxyError as err:

@@ -99,3 +99,12 @@ def test_owner_down_keeps_the_key_for_a_wait_and_never_picks_another() -> None:
 def test_bad_path() -> None:
     got = decide(b"*", KEY7, routes(state("svc")))
     assert isinstance(got, Refusal) and got.code == "bad_request"
+
+
+def test_slot_mode_routes_are_refused_not_routed_by_the_default_function() -> None:
+    from dataclasses import replace
+
+    slotted = replace(state("svc"), slotted=True)
+    got = decide(b"/svc/x", KEY7, routes(slotted))
+    assert isinstance(got, Refusal) and got.code == "not_implemented"
+    assert "slot mode" in got.message
