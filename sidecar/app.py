@@ -233,8 +233,11 @@ class Sidecar:
         self.servers[0].close()  # data listener: no new connections
         for conn in list(self.ctx.connections):
             conn.drain()
+        if self.ctx.h2 is not None:
+            self.ctx.h2.drain()  # GOAWAY: streams in flight finish, then each closes
         deadline = time.monotonic() + self.settings.drain_seconds
-        while self.ctx.connections and time.monotonic() < deadline:
+        while (self.ctx.connections or self.ctx.h2_connections()) and \
+                time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.ctx.connections):
             conn.abort()
@@ -247,6 +250,8 @@ class Sidecar:
             task.cancel()
         await self.source.stop()
         self.pools.close()
+        if self.ctx.h2 is not None:
+            self.ctx.h2.close()
         for conn in list(self.ctx.connections):
             conn.abort()
 

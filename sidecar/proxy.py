@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -43,6 +43,13 @@ from sidecar.metrics import Stats
 from sidecar.settings import Settings
 from sidecar.shardmap import ShardMap
 from sidecar.upstream import Pools, not_connected
+
+if TYPE_CHECKING:
+    from sidecar.h2front import H2Shared
+
+#: The HTTP/2 connection preface (RFC 9113 §3.4), as h2c clients with prior knowledge
+#: (gRPC) open a connection.
+_H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 #: Pipelined requests queued behind a slow one before reading from the client pauses.
 _PIPELINE_LIMIT: Final = 64
@@ -93,6 +100,11 @@ class Context:
         self.buffered = 0
         self.buffer_budget = settings.buffer_budget
         self.draining = False
+        #: The HTTP/2 side (sidecar.h2front), made when the first h2c connection arrives.
+        self.h2: H2Shared | None = None
+
+    def h2_connections(self) -> int:
+        return 0 if self.h2 is None else len(self.h2.fronts)
 
     def hold(self, conn: ClientConnection, weight: int) -> None:
         """``conn`` holds a full buffer: count it; over the budget, cut the oldest holders
@@ -207,7 +219,11 @@ class ClientConnection(asyncio.Protocol):
         self.parser = parser = httptools.HttpRequestParser(self)
         # Bound once: compiled (mypyc), a method call on a C object from uvloop or
         # httptools costs a type lookup every time; a bound method does not.
-        self.feed: Callable[[bytes], None] = parser.feed_data
+        self.parse: Callable[[bytes], None] = parser.feed_data
+        #: The first read goes to first_read (HTTP/2 or not?), every later one to the parser.
+        self.feed: Callable[[bytes], None] = self.first_read
+        #: A first read that was a piece of the HTTP/2 preface, kept until it is whole.
+        self.preface = b""
         self.get_method: Callable[[], bytes] = parser.get_method
         self.should_keep_alive: Callable[[], bool] = parser.should_keep_alive
         self.should_upgrade: Callable[[], bool] = parser.should_upgrade
@@ -252,7 +268,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         ctx = self.ctx
-        if len(ctx.connections) >= ctx.max_connections:
+        if len(ctx.connections) + ctx.h2_connections() >= ctx.max_connections:
             self.refuse()
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH)
@@ -312,6 +328,24 @@ class ClientConnection(asyncio.Protocol):
                     f"request trailer section is over {self.ctx.max_header_bytes} bytes"))
         if self.out:  # usually empty: responses are written from the backend's side
             self.flush()
+
+    def first_read(self, data: bytes) -> None:
+        """A connection's first bytes: the HTTP/2 preface hands the socket to
+        sidecar.h2front; anything else is HTTP/1.1, parsed without this check from now on."""
+        seen = self.preface + data if self.preface else data
+        head = seen[:24]
+        if head == _H2_PREFACE[:len(head)]:
+            if len(seen) < 24:
+                self.preface = seen  # a preface in pieces: wait for the rest
+                return
+            from sidecar.h2front import take_over
+
+            self.preface = b""
+            take_over(self, seen)
+            return
+        self.preface = b""
+        self.feed = self.parse
+        self.parse(seen)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
