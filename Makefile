@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
+.PHONY: test test-node node-bins demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
 
 # The venv holds exactly the pinned, hash-checked requirements/dev.txt (the
 # runtime pins of requirements/runtime.txt, the test tools, and the build
@@ -37,7 +37,17 @@ compile: $(COMPILED_STAMP)
 cluster-bins:
 	@bash tests/cluster/build.sh
 
-test: venv compile cluster-bins
+# The node tier's host side (tests/cluster/build-node.sh): kubelet, kube-scheduler,
+# CNI plugins, crictl and pause built once per version and cached; containerd,
+# runc and iptables apt-installed when missing.
+node-bins:
+	@bash tests/cluster/build-node.sh
+
+# Real pods on a real node (tests/node): the image built and run by containerd + kubelet.
+test-node: venv compile cluster-bins node-bins
+	$(BIN)/pytest -m node tests/node
+
+test: venv compile cluster-bins node-bins
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -12,6 +12,16 @@ crictl_version=v1.37.0
 cache="${SHARDMESH_CACHE:-$HOME/.cache/shardmesh}"
 out="$cache/node-$version"
 stamp="$out/.complete"
+# The host side: containerd (its CRI plugin), runc, iptables, ip. Installed when
+# missing and root; without root the node tier says what is missing and skips.
+need=()
+for tool in containerd:containerd runc:runc iptables:iptables ip:iproute2; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if ((${#need[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "node: apt-get install ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 if [ -f "$stamp" ]; then
   echo "node $version: cached in $out"
   exit 0

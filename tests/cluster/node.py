@@ -40,7 +40,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,11 @@ def node_dir() -> Path:
 def containerd_root() -> Path:
     """Images and snapshots, kept across runs (a warm run imports nothing)."""
     return binaries.cache_root() / "node-containerd"
+
+
+def build() -> None:
+    """build-node.sh (a few minutes the first time; apt-installs containerd & co. as root)."""
+    subprocess.run(["bash", str(Path(__file__).resolve().parent / "build-node.sh")], check=False)
 
 
 def missing_prerequisites() -> list[str]:
@@ -214,19 +219,35 @@ def kubelet_config(paths: Paths, ca: Path, port: int) -> dict[str, object]:
     }
 
 
-def _kill_stale_shims(paths: Paths) -> None:
-    """containerd's shims outlive it: kill those that serve OUR containerd (by socket path)."""
-    needle = str(paths.socket).encode()
+def _our_processes(paths: Paths, shims: bool) -> list[int]:
+    """PIDs whose command line names ``paths.run`` (our containerd, kubelet, scheduler, or
+    with ``shims`` the containerd shims serving our socket, which outlive containerd)."""
+    needle = str(paths.run).encode()
+    found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"containerd-shim" in cmdline and needle in cmdline:
-            with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
+        if needle in cmdline and (b"containerd-shim" in cmdline) == shims:
+            found.append(int(proc.name))
+    return found
+
+
+def _kill_ours(paths: Paths, shims: bool) -> None:
+    pids = _our_processes(paths, shims)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM if not shims else signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _kill_cgroup_tree(root: Path) -> None:
@@ -272,9 +293,10 @@ def _remove_our_nat_rules() -> None:
 def clean_stale(paths: Paths = Paths(), crictl: Path | None = None) -> None:
     """Undo whatever a previous (possibly killed) run left: pods, shims, mounts, cgroups, net."""
     if paths.run.exists():
+        _kill_ours(paths, shims=False)  # a killed run's kubelet or containerd, still exiting
         if paths.containerd_config.is_file() and crictl is not None:
             _remove_pods_with_fresh_containerd(paths, crictl)
-        _kill_stale_shims(paths)
+        _kill_ours(paths, shims=True)
         _unmount_under(paths.run)
     for controller in Path("/sys/fs/cgroup").iterdir():
         _kill_cgroup_tree(controller / "kubepods")
@@ -445,8 +467,8 @@ class Node:
                                  check=False)
         return result.stdout.strip() == "True"
 
-    def _wait(self, done: object, what: str, proc: ManagedProcess, timeout: float = 30) -> None:
-        assert callable(done)
+    def _wait(self, done: Callable[[], bool], what: str, proc: ManagedProcess,
+              timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             if not proc.running():

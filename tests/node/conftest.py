@@ -20,6 +20,7 @@ import pytest
 from tests.cluster import binaries
 from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings
 from tests.cluster.node import EXTRA_CONTROLLERS, Node, missing_prerequisites
+from tests.cluster.node import build as build_node
 from tests.node import images
 
 
@@ -41,6 +42,8 @@ def _skip_or_fail(why: str) -> None:
 @pytest.fixture(scope="session")
 def node_cluster(cluster_binaries: binaries.Binaries) -> Iterator[NodeCluster]:
     """A control plane with a registered, Ready node ``smnode`` and the product image on it."""
+    if missing_prerequisites() and binaries.have_go():
+        build_node()
     missing = missing_prerequisites()
     if shutil.which(os.environ.get("DOCKER", "docker")) is None:
         missing.append("docker (to build the product image: make image)")

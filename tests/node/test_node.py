@@ -38,7 +38,8 @@ from tests.e2e.install import MANIFESTS
 from tests.node import workloads as w
 from tests.node.conftest import NodeCluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.node]
+# The first test's set-up builds the image (minutes on a cold machine).
+pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.timeout(900)]
 
 NS = "shop"
 CLIENT = "client"
