@@ -224,6 +224,7 @@ def test_a_thousand_accounts_reach_their_owners_through_scaling(shop: Shop) -> N
 
 
 def test_a_deleted_backend_pod_is_replaced_and_only_its_keys_wait(shop: Shop) -> None:
+    shop.cp.kubectl("-n", NS, "scale", f"statefulset/{w.STATEFULSET}", "--replicas=2")
     shop.wait_for_map(2)
     victim = f"{w.STATEFULSET}-1"
     old_uid = shop.pod(victim)["metadata"]["uid"]
@@ -269,8 +270,11 @@ def test_an_annotation_change_reaches_the_running_sidecar(shop: Shop) -> None:
 
 def test_a_job_with_the_sidecar_completes(shop: Shop) -> None:
     apply(shop.cp, w.job("batch", w.CLIENT_ACCOUNT))
-    shop.cp.kubectl("-n", NS, "wait", "--for=condition=complete", "job/batch", "--timeout=120s",
-                    timeout=130)
+    done = wait_for(lambda: [c for c in get(shop.cp, "-n", NS, "job", "batch")["status"]
+                             .get("conditions") or []
+                             if c["type"] in ("Complete", "Failed") and c["status"] == "True"],
+                    "the Job to finish", timeout=150, interval=1)
+    assert [c["type"] for c in done] == ["Complete"], done
     pods = get(shop.cp, "-n", NS, "pods", "-l", "job-name=batch")["items"]
     assert len(pods) == 1
     pod = pods[0]
@@ -313,3 +317,17 @@ def test_the_sidecars_readiness_is_the_pods(shop: Shop) -> None:
              interval=1)
     print(f"gated pod Ready {time.monotonic() - began:.1f}s after the RoleBinding")
     assert sidecar_status(shop.pod("gated"))["restartCount"] == 0
+
+
+def test_the_product_logged_no_tracebacks(shop: Shop) -> None:
+    """Last: whatever the story above put the webhook and the sidecars through."""
+    cp = shop.cp
+    logs = {}
+    for pod in get(cp, "-n", "shardmesh-system", "pods")["items"]:
+        name = pod["metadata"]["name"]
+        logs[name] = cp.kubectl("-n", "shardmesh-system", "logs", name).stdout
+    for name in (shop.client_pod, "no-token", "gated"):
+        logs[name] = cp.kubectl("-n", NS, "logs", name, "-c", "shard-router").stdout
+    assert all(logs.values()), {k: len(v) for k, v in logs.items()}
+    bad = {k: v[v.index("Traceback"):][:1500] for k, v in logs.items() if "Traceback" in v}
+    assert not bad, bad
