@@ -20,12 +20,14 @@ What the emulated end-to-end test cannot show, shown here with containerd + runc
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,6 +284,15 @@ def test_a_job_with_the_sidecar_completes(shop: Shop) -> None:
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["shard-router"]
     logs = shop.cp.kubectl("-n", NS, "logs", pod["metadata"]["name"], "-c", "app").stdout
     assert "20 deposits answered 200" in logs
+    # Once the app exited, the kubelet stopped the sidecar with SIGTERM, and it drained
+    # and exited cleanly (not SIGKILLed at the end of the 30 s grace period).
+    app = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    router = sidecar_status(pod)["state"]["terminated"]
+    assert router["exitCode"] == 0, router
+    took = (datetime.datetime.fromisoformat(router["finishedAt"])
+            - datetime.datetime.fromisoformat(app["finishedAt"])).total_seconds()
+    print(f"the Job's sidecar stopped {took:.0f}s after its app")
+    assert took < 20, (app, router)
 
 
 def test_no_automounted_token_still_gets_a_working_sidecar(shop: Shop) -> None:
@@ -331,3 +342,18 @@ def test_the_product_logged_no_tracebacks(shop: Shop) -> None:
     assert all(logs.values()), {k: len(v) for k, v in logs.items()}
     bad = {k: v[v.index("Traceback"):][:1500] for k, v in logs.items() if "Traceback" in v}
     assert not bad, bad
+
+
+def test_the_sidecar_stays_within_its_memory_limit(shop: Shop) -> None:
+    """The kernel's own account of the client pod's shard-router, after the whole story."""
+    if not Path("/sys/fs/cgroup/memory/kubepods").is_dir():
+        pytest.skip("reads the cgroup v1 memory controller; this host has none")
+    pod = shop.pod(shop.client_pod)
+    container_id = sidecar_status(pod)["containerID"].split("//")[-1]
+    found = list(Path("/sys/fs/cgroup/memory/kubepods").rglob(container_id))
+    assert len(found) == 1, found
+    limit = int((found[0] / "memory.limit_in_bytes").read_text())
+    peak = int((found[0] / "memory.max_usage_in_bytes").read_text())
+    print(f"shard-router: peak {peak / 2**20:.1f} MiB of its {limit / 2**20:.0f} MiB limit")
+    assert limit == 128 * 2**20
+    assert int((found[0] / "memory.failcnt").read_text()) == 0

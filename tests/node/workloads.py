@@ -141,6 +141,7 @@ def job(name: str, service_account: str) -> dict[str, Any]:
     spec = client_pod_spec(service_account)
     spec["containers"] = [_container("app", ["python3", "-c", JOB_APP])]
     spec["restartPolicy"] = "Never"
+    del spec["terminationGracePeriodSeconds"]  # the default 30 s: a slow stop would show
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
             "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 120,
                      "template": {"metadata": {"annotations": client_annotations()},
