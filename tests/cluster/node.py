@@ -50,8 +50,10 @@ from tests.cluster.pki import KeyPair
 from tests.cluster.processes import ManagedProcess, tail
 
 BRIDGE = "smnode0"
-SUBNET = "10.213.128.0/24"
-GATEWAY = "10.213.128.1"
+#: Outside tests/cluster/netns.py's pool (10.213.0.0/16), which other tests (in this or
+#: another work tree) take /30s from while this runs.
+SUBNET = "10.214.128.0/24"
+GATEWAY = "10.214.128.1"
 NODE_NAME = "smnode"
 RUN = Path("/run/shardmesh-node")
 SANDBOX_IMAGE = "shardmesh.local/pause:1"
@@ -449,8 +451,11 @@ class Node:
                                 self.cp.ca_cert(), user, pair)
 
     def _bridge_up(self) -> None:
+        clash = _run("ip", "-4", "route", "show", "to", "root", SUBNET).stdout.strip()
+        if clash:
+            raise NodeError(f"the pod subnet {SUBNET} is already routed on this host: {clash}")
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
+        _run("ip", "addr", "add", f"{GATEWAY}/{SUBNET.split('/')[1]}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
         # The DNAT to the API server on 127.0.0.1 needs this (on our bridge only).
         Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet").write_text("1\n")
