@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -357,3 +359,43 @@ def test_the_sidecar_stays_within_its_memory_limit(shop: Shop) -> None:
     print(f"shard-router: peak {peak / 2**20:.1f} MiB of its {limit / 2**20:.0f} MiB limit")
     assert limit == 128 * 2**20
     assert int((found[0] / "memory.failcnt").read_text()) == 0
+
+
+def test_shardmesh_check_passes_and_a_restarted_webhook_still_injects(shop: Shop) -> None:
+    """``shardmesh check`` against the real installation (webhook through its Service and
+    the API server's proxy, caBundle, RBAC, every opted-in pod injected); then the webhook
+    pods are replaced (``rollout restart``): the new ones load the certificates from the
+    Secret, so the caBundle stays valid and a new pod is injected."""
+    cp = shop.cp
+    shardmesh = Path(sys.executable).parent / "shardmesh"
+
+    def check() -> dict[str, Any]:
+        result = subprocess.run([str(shardmesh), "check", "--kubeconfig", str(cp.kubeconfig),
+                                 "--json"], capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+        found: dict[str, Any] = json.loads(result.stdout)
+        ok = {f["check"] for f in found["findings"] if f["status"] == "OK"}
+        assert {"webhook", "ca-bundle", "sidecar"} <= ok, found
+        return found
+
+    for finding in check()["findings"]:
+        print(f"shardmesh check: {finding['status']} {finding['check']}: {finding['message']}")
+    ca_before = get(cp, "mutatingwebhookconfiguration", "shardmesh-sidecar-injector"
+                    )["webhooks"][0]["clientConfig"]["caBundle"]
+    old = {p["metadata"]["name"] for p in get(cp, "-n", "shardmesh-system", "pods")["items"]}
+    cp.kubectl("-n", "shardmesh-system", "rollout", "restart", "deployment/shardmesh-webhook")
+    cp.kubectl("-n", "shardmesh-system", "rollout", "status", "deployment/shardmesh-webhook",
+               "--timeout=180s", timeout=200)
+    wait_for(lambda: not old & {p["metadata"]["name"] for p in
+                                get(cp, "-n", "shardmesh-system", "pods")["items"]},
+             "the old webhook pods gone", timeout=60)
+    ca_after = get(cp, "mutatingwebhookconfiguration", "shardmesh-sidecar-injector"
+                   )["webhooks"][0]["clientConfig"]["caBundle"]
+    assert ca_after == ca_before
+    apply(cp, w.client_pod("after-restart", w.CLIENT_ACCOUNT))
+    pod = shop.pod("after-restart")
+    assert [c["name"] for c in pod["spec"].get("initContainers") or []] == ["shard-router"]
+    cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "pod/after-restart",
+               "--timeout=90s", timeout=100)
+    check()
