@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -32,7 +33,7 @@ class NodeCluster:
     loaded: dict[str, str] = field(default_factory=dict)
 
 
-def _skip_or_fail(why: str) -> None:
+def _skip_or_fail(why: str) -> NoReturn:
     line = f"node tier: {why}"
     if os.environ.get("CI") == "true":
         pytest.fail(line, pytrace=False)
@@ -52,7 +53,10 @@ def node_cluster(cluster_binaries: binaries.Binaries) -> Iterator[NodeCluster]:
     began = time.monotonic()
     timings: dict[str, float] = {}
     log = Path(tempfile.gettempdir()) / "shardmesh-node-image-build.log"
-    image_id = images.build_product_image(log)
+    try:
+        image_id = images.build_product_image(log)
+    except images.NoDocker as exc:
+        _skip_or_fail(f"needs a Docker engine to build the image: {exc}")
     timings["image build"] = time.monotonic() - began
     settings = ControlPlaneSettings.from_env()
     settings = ControlPlaneSettings(

@@ -71,11 +71,17 @@ def pause_tar(directory: Path) -> Path:
     return out
 
 
+class NoDocker(RuntimeError):
+    """No Docker engine to build the image with (build.sh's one-line reason)."""
+
+
 def build_product_image(log: Path) -> str:
     """tests/image/build.sh under LOCAL_TAG; returns the docker image ID."""
     env = {**os.environ, "IMAGE": LOCAL_TAG, "BUILD_LOG": str(log)}
     result = subprocess.run(["bash", str(BUILD)], env=env, capture_output=True, text=True,
                             check=False, timeout=1200)
+    if result.returncode == 3:  # build.sh: no engine that runs, and why
+        raise NoDocker(result.stderr.strip().splitlines()[-1])
     if result.returncode != 0:
         raise RuntimeError(f"{BUILD} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     docker = os.environ.get("DOCKER", "docker")
