@@ -34,6 +34,7 @@ for that if needed), containerd's shims killed, mounts under ``RUN`` undone, the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.cluster import binaries
 from tests.cluster.controlplane import ControlPlane, write_kubeconfig
@@ -56,6 +58,11 @@ SUBNET = "10.214.128.0/24"
 GATEWAY = "10.214.128.1"
 NODE_NAME = "smnode"
 RUN = Path("/run/shardmesh-node")
+#: Held (flock) for a node's whole life: the bridge, subnet, port 10250 and RUN are
+#: machine-wide, so a second run (another work tree's make test) waits for the first,
+#: and only the holder may clean up after a killed run (the kernel drops a dead one's lock).
+LOCK = Path("/run/shardmesh-node.lock")
+LOCK_WAIT = 1200.0
 SANDBOX_IMAGE = "shardmesh.local/pause:1"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI
 #: Controllers the node tier needs on top of the control plane's: Services get
@@ -343,13 +350,39 @@ class Node:
         self._kubelet: ManagedProcess | None = None
         self._scheduler: ManagedProcess | None = None
         self._rules: list[list[str]] = []
+        self._lock_file: IO[str] | None = None
         self.timings: dict[str, float] = {}
 
     # ---- life cycle -------------------------------------------------------------------
 
+    def _lock(self) -> None:
+        self._lock_file = LOCK.open("a")
+        deadline = time.monotonic() + LOCK_WAIT
+        said = False
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeError(f"another test run held {LOCK} for {LOCK_WAIT:.0f}s"
+                                    ) from None
+                if not said:
+                    print(f"node: waiting for another run's node to finish ({LOCK})",
+                          flush=True)
+                    said = True
+                time.sleep(1)
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # drops the flock
+            self._lock_file = None
+
     def start_runtime(self) -> None:
         """Clean up a previous run, then containerd and the bridge (images can be imported)."""
         began = time.monotonic()
+        self._lock()
+        self.timings["waiting for the lock"] = time.monotonic() - began
         clean_stale(self.paths, self.crictl)
         for d in (self.paths.run, self.paths.containerd_state, self.paths.cni_conf,
                   containerd_root()):
@@ -400,6 +433,8 @@ class Node:
 
     def stop(self) -> None:
         """Everything, even after a failed start; the control plane is the caller's."""
+        if self._lock_file is None:
+            return  # never started, or another run's: nothing here is ours
         began = time.monotonic()
         for proc in (self._scheduler, self._kubelet):
             if proc is not None:
@@ -416,6 +451,7 @@ class Node:
         if not keep:
             clean_stale(self.paths, crictl=None)
         self.timings["teardown"] = time.monotonic() - began
+        self._unlock()
 
     # ---- images -----------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from tests.cluster.node import SANDBOX_IMAGE, Node, node_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tests" / "image" / "build.sh"
-LOCAL_TAG = "shardmesh.local/shardmesh-node:build"
+#: One tag per work tree: others build into the same dockerd at the same time.
+LOCAL_TAG = f"shardmesh.local/shardmesh-node:{hashlib.sha256(str(REPO).encode()).hexdigest()[:12]}"
 
 
 def product_version() -> str:
