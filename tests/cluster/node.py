@@ -228,6 +228,9 @@ def kubelet_config(paths: Paths, ca: Path, port: int) -> dict[str, object]:
     }
 
 
+OUR_PROGRAMS = frozenset({"containerd", "kubelet", "kube-scheduler", "crictl"})
+
+
 def _our_processes(paths: Paths, shims: bool) -> list[int]:
     """PIDs whose command line names ``paths.run`` (our containerd, kubelet, scheduler, or
     with ``shims`` the containerd shims serving our socket, which outlive containerd)."""
@@ -240,7 +243,9 @@ def _our_processes(paths: Paths, shims: bool) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if needle in cmdline and (b"containerd-shim" in cmdline) == shims:
+        program = os.path.basename(cmdline.split(b"\0", 1)[0]).decode(errors="replace")
+        wanted = program.startswith("containerd-shim") if shims else program in OUR_PROGRAMS
+        if wanted and needle in cmdline:  # e.g. a 'tail -f' of a log there is left alone
             found.append(int(proc.name))
     return found
 
