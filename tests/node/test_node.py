@@ -60,6 +60,20 @@ def apply(cp: ControlPlane, *docs: dict[str, Any], namespace: str = NS) -> None:
                input="\n---\n".join(json.dumps(d) for d in docs))
 
 
+def diagnose(cp: ControlPlane, namespace: str) -> str:
+    """What a failed wait needs: the pods, their events and their logs' tails."""
+    out = [cp.kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout]
+    out.append(cp.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp",
+                          check=False).stdout[-4000:])
+    for pod in get(cp, "-n", namespace, "pods")["items"]:
+        name = pod["metadata"]["name"]
+        for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+            logs = cp.kubectl("-n", namespace, "logs", name, "-c", c["name"], "--tail=15",
+                              check=False)
+            out.append(f"--- {name}/{c['name']}:\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
+
+
 def ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True"
                for c in pod.get("status", {}).get("conditions", []))
@@ -144,12 +158,14 @@ def shop(node_cluster: NodeCluster) -> Iterator[Shop]:
     print(f"node: {node_cluster.timings}; images: {node_cluster.loaded}")
     began = time.monotonic()
     cp.kubectl("apply", "-k", str(MANIFESTS))
-    cp.kubectl("-n", "shardmesh-system", "rollout", "status", "deployment/shardmesh-webhook",
-               "--timeout=180s", timeout=200)
+    # Every Deployment of the installation (the webhook, and the directory service).
+    waited = cp.kubectl("-n", "shardmesh-system", "wait", "--for=condition=Available",
+                        "deployment", "--all", "--timeout=180s", timeout=200, check=False)
+    assert waited.returncode == 0, f"{waited.stderr}\n{diagnose(cp, 'shardmesh-system')}"
     wait_for(lambda: get(cp, "mutatingwebhookconfiguration", "shardmesh-sidecar-injector")
              ["webhooks"][0]["clientConfig"].get("caBundle"), "the webhook's caBundle",
              timeout=60)
-    print(f"webhook Deployment available in {time.monotonic() - began:.1f}s")
+    print(f"manifests/ Deployments available in {time.monotonic() - began:.1f}s")
     cp.kubectl("create", "namespace", NS)
     cp.kubectl("label", "namespace", NS, "shard.io/inject=true")
     wait_for(lambda: cp.kubectl("get", "-n", NS, "serviceaccount", "default", check=False)
@@ -179,7 +195,8 @@ def sidecar_status(pod: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_webhook_runs_from_the_manifests(shop: Shop) -> None:
     cp = shop.cp
-    pods = get(cp, "-n", "shardmesh-system", "pods")["items"]
+    pods = get(cp, "-n", "shardmesh-system", "pods",
+               "-l", "app.kubernetes.io/component=webhook")["items"]
     assert len(pods) == 2 and all(ready(p) for p in pods), [p["status"] for p in pods]
     ips = {p["status"]["podIP"] for p in pods}
     slices = get(cp, "-n", "shardmesh-system", "endpointslices",
@@ -364,8 +381,9 @@ def test_the_sidecar_stays_within_its_memory_limit(shop: Shop) -> None:
 def test_shardmesh_check_passes_and_a_restarted_webhook_still_injects(shop: Shop) -> None:
     """``shardmesh check`` against the real installation (webhook through its Service and
     the API server's proxy, caBundle, RBAC, every opted-in pod injected); then the webhook
-    pods are replaced (``rollout restart``): the new ones load the certificates from the
-    Secret, so the caBundle stays valid and a new pod is injected."""
+    pods are replaced: the new ones load the certificates from the Secret, so the caBundle
+    stays valid and a new pod is injected, and their rotation thread syncs without error
+    (under gevent it failed every time: "Cannot switch to a different thread")."""
     cp = shop.cp
     shardmesh = Path(sys.executable).parent / "shardmesh"
 
@@ -383,12 +401,15 @@ def test_shardmesh_check_passes_and_a_restarted_webhook_still_injects(shop: Shop
         print(f"shardmesh check: {finding['status']} {finding['check']}: {finding['message']}")
     ca_before = get(cp, "mutatingwebhookconfiguration", "shardmesh-sidecar-injector"
                     )["webhooks"][0]["clientConfig"]["caBundle"]
-    old = {p["metadata"]["name"] for p in get(cp, "-n", "shardmesh-system", "pods")["items"]}
-    cp.kubectl("-n", "shardmesh-system", "rollout", "restart", "deployment/shardmesh-webhook")
+    webhook_pods = ("-n", "shardmesh-system", "pods", "-l", "app.kubernetes.io/component=webhook")
+    old = {p["metadata"]["name"] for p in get(cp, *webhook_pods)["items"]}
+    # A rollout (as `rollout restart` makes) that also has the new pods look at their
+    # certificates every 2 s, so that the test sees the rotation thread's syncs.
+    cp.kubectl("-n", "shardmesh-system", "set", "env", "deployment/shardmesh-webhook",
+               "SHARDMESH_CERT_CHECK_S=2")
     cp.kubectl("-n", "shardmesh-system", "rollout", "status", "deployment/shardmesh-webhook",
                "--timeout=180s", timeout=200)
-    wait_for(lambda: not old & {p["metadata"]["name"] for p in
-                                get(cp, "-n", "shardmesh-system", "pods")["items"]},
+    wait_for(lambda: not old & {p["metadata"]["name"] for p in get(cp, *webhook_pods)["items"]},
              "the old webhook pods gone", timeout=60)
     ca_after = get(cp, "mutatingwebhookconfiguration", "shardmesh-sidecar-injector"
                    )["webhooks"][0]["clientConfig"]["caBundle"]
@@ -399,3 +420,7 @@ def test_shardmesh_check_passes_and_a_restarted_webhook_still_injects(shop: Shop
     cp.kubectl("-n", NS, "wait", "--for=condition=Ready", "pod/after-restart",
                "--timeout=90s", timeout=100)
     check()
+    time.sleep(5)  # at least two more syncs of the rotation thread in each new pod
+    for pod in get(cp, *webhook_pods)["items"]:
+        logs = cp.kubectl("-n", "shardmesh-system", "logs", pod["metadata"]["name"]).stdout
+        assert "certificate sync failed" not in logs, logs[-3000:]
