@@ -18,8 +18,10 @@ kubelet v1.37.2 built from the control plane's own ``k8s.io/kubernetes`` module
 - ``makeIPTablesUtilChains: false``: no KUBE-FIREWALL chains on the host.
 - br_netfilter + a FORWARD policy of DROP drop pod-to-pod traffic: one
   ``FORWARD -i smnode0 -o smnode0 -j ACCEPT`` rule.
-- No kube-proxy. Pods reach the API server at the ``kubernetes`` Service's
-  ClusterIP (what in-cluster config uses) through ONE nat rule, PREROUTING
+- No kube-proxy and no CoreDNS: ``tests/cluster/services.py`` is the little of both
+  that the pods need (Service names, ClusterIPs to one ready endpoint). Pods reach
+  the API server at the ``kubernetes`` Service's ClusterIP (what in-cluster config
+  uses) through one nat rule of the node's, PREROUTING
   ``-i smnode0 -d <service IP> --dport 443 -j DNAT --to 127.0.0.1:<apiserver>``
   with ``route_localnet`` on the bridge. The API server reaches the webhook's
   Service at its endpoint IPs (``--enable-aggregator-routing=true``), which the
@@ -50,6 +52,7 @@ from tests.cluster import binaries
 from tests.cluster.controlplane import ControlPlane, write_kubeconfig
 from tests.cluster.pki import KeyPair
 from tests.cluster.processes import ManagedProcess, tail
+from tests.cluster.services import Services
 
 BRIDGE = "smnode0"
 #: Outside tests/cluster/netns.py's pool (10.213.0.0/16), which other tests (in this or
@@ -211,6 +214,9 @@ def kubelet_config(paths: Paths, ca: Path, port: int) -> dict[str, object]:
                            "x509": {"clientCAFile": str(ca)}},
         "authorization": {"mode": "AlwaysAllow"},
         "resolvConf": str(paths.run / "resolv.conf"),
+        # tests/cluster/services.py answers on the bridge's address.
+        "clusterDNS": [GATEWAY],
+        "clusterDomain": "cluster.local",
         "hairpinMode": "none",
         "makeIPTablesUtilChains": False,
         "imageGCHighThresholdPercent": 100,
@@ -354,6 +360,7 @@ class Node:
         self._containerd: ManagedProcess | None = None
         self._kubelet: ManagedProcess | None = None
         self._scheduler: ManagedProcess | None = None
+        self._services: Services | None = None
         self._rules: list[list[str]] = []
         self._lock_file: IO[str] | None = None
         self.timings: dict[str, float] = {}
@@ -411,6 +418,7 @@ class Node:
         self._add_rule(["nat", "PREROUTING", "-i", BRIDGE, "-p", "tcp", "-d",
                         self.cp.service_ip(), "--dport", "443", "-j", "DNAT",
                         "--to-destination", f"127.0.0.1:{self.cp.port}"])
+        self._services = Services(self.cp.api_client(), BRIDGE, GATEWAY).start()
         kubelet_pair = self.cp.issue_client_cert("kubelet", f"system:node:{NODE_NAME}",
                                                  "system:nodes")
         scheduler_pair = self.cp.issue_client_cert("scheduler", "system:kube-scheduler")
@@ -444,6 +452,8 @@ class Node:
         for proc in (self._scheduler, self._kubelet):
             if proc is not None:
                 proc.stop(grace=5.0)
+        if self._services is not None:
+            self._services.stop()
         if self._containerd is not None and self._containerd.running():
             endpoint = f"unix://{self.paths.socket}"
             _run(str(self.crictl), "-r", endpoint, "-i", endpoint, "rmp", "-af",

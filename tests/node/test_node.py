@@ -174,10 +174,10 @@ def shop(node_cluster: NodeCluster) -> Iterator[Shop]:
     cp.kubectl("apply", "-f", "-", input=ROLEBINDING.read_text())
     apply(cp, w.backend_service(), w.backend_statefulset(3), w.client_deployment(CLIENT,
                                                                                 w.CLIENT_ACCOUNT))
-    cp.kubectl("-n", NS, "rollout", "status", f"statefulset/{w.STATEFULSET}", "--timeout=120s",
-               timeout=130)
-    cp.kubectl("-n", NS, "rollout", "status", f"deployment/{CLIENT}", "--timeout=120s",
-               timeout=130)
+    for workload in (f"statefulset/{w.STATEFULSET}", f"deployment/{CLIENT}"):
+        rolled = cp.kubectl("-n", NS, "rollout", "status", workload, "--timeout=90s",
+                            timeout=100, check=False)
+        assert rolled.returncode == 0, f"{workload}: {rolled.stderr}\n{diagnose(cp, NS)}"
     pods = get(cp, "-n", NS, "pods", "-l", f"app={CLIENT}")["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     assert len(live) == 1, [p["metadata"]["name"] for p in pods]
