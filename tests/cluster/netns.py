@@ -128,16 +128,23 @@ class _Pipe(socketserver.BaseRequestHandler):
     server: TcpRelay
 
     def handle(self) -> None:
+        # poll, not select: late in a long test run this process holds over 1024
+        # descriptors, and select() then refuses the socket (ValueError), which
+        # closed every relayed connection at once.
         with contextlib.suppress(OSError), \
                 socket.create_connection(self.server.target, timeout=10) as upstream:
-            peer = {self.request: upstream, upstream: self.request}
+            peer = {self.request.fileno(): (self.request, upstream),
+                    upstream.fileno(): (upstream, self.request)}
+            poller = select.poll()
+            for fd in peer:
+                poller.register(fd, select.POLLIN)
             while not self.server.closing.is_set():
-                readable, _, _ = select.select(list(peer), [], [], 0.5)
-                for sock in readable:
+                for fd, _ in poller.poll(500):
+                    sock, other = peer[fd]
                     data = sock.recv(65536)
                     if not data:
                         return
-                    peer[sock].sendall(data)
+                    other.sendall(data)
 
 
 class TcpRelay(socketserver.ThreadingTCPServer):
