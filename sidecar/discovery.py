@@ -51,7 +51,6 @@ from sidecar.slots import parse as parse_slots
 
 log = logging.getLogger("shardmesh.sidecar.discovery")
 
-#: Set by the StatefulSet controller on every pod it creates (value: the pod's name).
 #: Set by the StatefulSet controller (Kubernetes >= 1.28) to the pod's ordinal.
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 #: An ordinal as the controller writes it, in names and in the label.
