@@ -248,6 +248,10 @@ class Collection:
         return response.response  # the raw stream, for watch.Watch
 
 
+def _always() -> bool:
+    return True
+
+
 class RouteWatch:
     """The two watches of one route, feeding ``publish`` with every new snapshot.
 
@@ -269,12 +273,14 @@ class RouteWatch:
         #: Bumped on every selector change: only the pod loop of the current one writes.
         self.pod_loop = 0
         self.streams: dict[str, Any] = {}
+        self.running = False  # threads only once started (tests drive the state directly)
 
     def start(self) -> None:
+        self.running = True
         backend = self.spec.backend
         sts = Collection(self.client, f"/apis/apps/v1/namespaces/{backend.namespace}/statefulsets",
                          [("fieldSelector", f"metadata.name={backend.statefulset}")])
-        threading.Thread(target=self._loop, args=("sts", sts, lambda: True), daemon=True,
+        threading.Thread(target=self._loop, args=("sts", sts, _always), daemon=True,
                          name=f"watch-{self.spec.name}-sts").start()
 
     def stop(self) -> None:
@@ -293,7 +299,7 @@ class RouteWatch:
         """A new pod loop for ``self.selector`` (none while it is None)."""
         self.pod_loop += 1
         self._interrupt("pods")
-        if self.selector is None:
+        if self.selector is None or not self.running:
             return
         mine = self.pod_loop
         pods = Collection(self.client, f"/api/v1/namespaces/{self.spec.backend.namespace}/pods",
@@ -363,7 +369,8 @@ class RouteWatch:
 
     # --- state (thread side, under the lock) ------------------------------------------
 
-    def _replace(self, kind: str, items: list[Obj], valid: Callable[[], bool]) -> None:
+    def _replace(self, kind: str, items: list[Obj], valid: Callable[[], bool] = _always
+                 ) -> None:
         with self.lock:
             if not valid():
                 return
@@ -380,7 +387,8 @@ class RouteWatch:
             self.listed[kind] = True
             self._publish_locked()
 
-    def _apply(self, kind: str, event: str, obj: Obj, valid: Callable[[], bool]) -> None:
+    def _apply(self, kind: str, event: str, obj: Obj, valid: Callable[[], bool] = _always
+               ) -> None:
         with self.lock:
             if not valid():
                 return

@@ -48,3 +48,35 @@ def test_the_pod_selector_is_the_statefulsets_own() -> None:
     assert pod_selector({"spec": {"selector": {}}}, "ledger") is None  # would select all
     assert pod_selector({"spec": {"selector": {"matchExpressions": [
         {"key": "x", "operator": "Bogus"}]}}}, "ledger") is None
+
+
+def test_a_new_selector_drops_the_old_pods_and_silences_the_old_loop() -> None:
+    from sidecar.annotations import parse_routes
+    from sidecar.discovery import RouteWatch, Snapshot
+    from sidecar.metrics import Stats
+    from tests.sidecar.test_ordinals import pod, sts
+
+    def selected(track: str) -> dict[str, object]:
+        doc = sts(2)
+        doc["spec"]["selector"] = {"matchLabels": {"app": "ledger", "track": track}}
+        return doc
+
+    published: list[Snapshot] = []
+    watch = RouteWatch(parse_routes({"shard.io/backend": "ledger:8080"}, "shop")[0],
+                       client=None, publish=published.append, stats=Stats())
+    watch._replace("sts", [selected("v1")])
+    assert (watch.selector, published) == ("app=ledger,track=v1", [])  # waits for the pods
+    first_loop = watch.pod_loop
+    old = lambda: watch.pod_loop == first_loop  # noqa: E731 - as _restart_pods_locked makes
+    watch._replace("pods", [pod(f"ledger-{o}", str(o)) for o in (0, 1)], old)
+    assert all(s.ready for s in published[-1].shards)
+
+    watch._apply("sts", "MODIFIED", selected("v2"))
+    assert watch.selector == "app=ledger,track=v2" and watch.pod_loop > first_loop
+    assert watch.pods == {} and not watch.listed["pods"]
+    count = len(published)
+    watch._apply("pods", "MODIFIED", pod("ledger-0", "0"), old)  # the old loop: ignored
+    assert watch.pods == {} and len(published) == count
+
+    watch._apply("sts", "DELETED", selected("v2"))  # no StatefulSet: no pod watch at all
+    assert watch.selector is None and watch.listed["pods"] and published[-1].count == 0
