@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import re
-import select
+import selectors
 import shutil
 import socket
 import socketserver
@@ -131,13 +131,17 @@ class _Pipe(socketserver.BaseRequestHandler):
         with contextlib.suppress(OSError), \
                 socket.create_connection(self.server.target, timeout=10) as upstream:
             peer = {self.request: upstream, upstream: self.request}
-            while not self.server.closing.is_set():
-                readable, _, _ = select.select(list(peer), [], [], 0.5)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    peer[sock].sendall(data)
+            # A selector, not select.select: a long test session holds over 1024 fds, and
+            # select() refuses any descriptor above that (ValueError).
+            with selectors.DefaultSelector() as waiting:
+                for sock in peer:
+                    waiting.register(sock, selectors.EVENT_READ)
+                while not self.server.closing.is_set():
+                    for key, _ in waiting.select(0.5):
+                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        peer[key.fileobj].sendall(data)
 
 
 class TcpRelay(socketserver.ThreadingTCPServer):
