@@ -34,6 +34,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY shardmesh ./shardmesh
 COPY webhook ./webhook
 COPY sidecar ./sidecar
+COPY directory ./directory
 # The wheel, built in pip's isolated environment with the pinned build
 # dependencies; the image must get the compiled data plane, not the fallback.
 # Then what the image never runs: pip, setuptools, kubernetes' asyncio client

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
+.PHONY: test test-node node-bins demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-grpc bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
 
 # The venv holds exactly the pinned, hash-checked requirements/dev.txt (the
 # runtime pins of requirements/runtime.txt, the test tools, and the build
@@ -37,7 +37,17 @@ compile: $(COMPILED_STAMP)
 cluster-bins:
 	@bash tests/cluster/build.sh
 
-test: venv compile cluster-bins
+# The node tier's host side (tests/cluster/build-node.sh): kubelet, kube-scheduler,
+# CNI plugins, crictl and pause built once per version and cached; containerd,
+# runc and iptables apt-installed when missing.
+node-bins:
+	@bash tests/cluster/build-node.sh
+
+# Real pods on a real node (tests/node): the image built and run by containerd + kubelet.
+test-node: venv compile cluster-bins node-bins
+	$(BIN)/pytest -m node tests/node
+
+test: venv compile cluster-bins node-bins
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -106,6 +116,12 @@ bench-webhook: venv
 bench-sidecar: venv compile
 	@bash bench/ensure-peers.sh
 	$(BIN)/python bench/sidecar.py
+
+# Unary gRPC at 1 and 50 streams on one connection (h2load from nghttp2-client;
+# the Go backends need Go 1.24+).
+bench-grpc: venv compile
+	@bash bench/ensure-peers.sh h2load nginx haproxy
+	$(BIN)/python bench/grpc.py
 
 # Not a benchmark: user-space instructions per proxied request (callgrind), a number
 # the machine's noise does not move, for judging a change to the request path.

@@ -7,7 +7,10 @@ tools=("$@")
 (( ${#tools[@]} )) || tools=(wrk nginx haproxy)
 missing=()
 for tool in "${tools[@]}"; do
-    command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" ]] || missing+=("$tool")
+    # h2load comes in Debian's nghttp2-client.
+    package=$tool
+    [[ $tool == h2load ]] && package=nghttp2-client
+    command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" ]] || missing+=("$package")
 done
 if (( ${#missing[@]} == 0 )); then
     exit 0

@@ -99,7 +99,11 @@ def field_docs() -> dict[str, str]:
     docs: dict[str, str] = {}
     pending: list[str] = []
     fresh = True
-    for line in inspect.getsource(Settings).splitlines():
+    try:
+        source = inspect.getsource(Settings)
+    except (OSError, TypeError):  # no source installed (bytecode only, as in the image)
+        return docs
+    for line in source.splitlines():
         text = line.strip()
         if text.startswith("#:"):
             pending = [] if not fresh else pending

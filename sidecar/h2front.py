@@ -26,6 +26,7 @@ from h2.exceptions import H2Error
 from sidecar.errors import ProxyError
 from sidecar.h2bridge import Bridge
 from sidecar.h2headers import Headers
+from sidecar.h2stream import StreamPair
 from sidecar.h2upstream import H2Pools
 from sidecar.h2wire import MAX_CLIENT_STREAMS, new_connection
 
@@ -184,7 +185,7 @@ class H2Front(asyncio.Protocol):
 
     # --- used by bridges ----------------------------------------------------------------
 
-    def stream_done(self, bridge: Bridge) -> None:
+    def stream_done(self, bridge: StreamPair) -> None:
         if self.streams.get(bridge.sid) is bridge:
             del self.streams[bridge.sid]
         if not self.streams:

@@ -36,7 +36,7 @@ IDLE_SECONDS: Final = 60.0
 
 
 class Stream(Protocol):
-    """What an upstream connection reports to (the client-side stream, ``h2front.Bridge``)."""
+    """What an upstream connection reports to (the client-side stream, ``h2bridge.Bridge``)."""
 
     finished: bool
 

@@ -205,6 +205,13 @@ class CertStore:
         event("patched caBundle", name=name, webhooks=len(ops) - 1)
         return True
 
+    def in_this_thread(self) -> CertStore:
+        """The same store with an API client of its own, for another OS thread: under
+        gevent the first client's connection pool belongs to the thread that used it
+        (elsewhere: "Cannot switch to a different thread")."""
+        api = client.ApiClient(configuration=self.core.api_client.configuration)
+        return CertStore(api, self.settings, self.clock, self.component)
+
     def sync(self, cert_file: str, key_file: str) -> CertBundle:
         bundle = self.ensure()
         self.patch_ca_bundle(bundle.ca_bundle)
@@ -225,9 +232,10 @@ def run_rotation(store: CertStore, cert_file: str, key_file: str, interval: floa
     """
 
     def loop() -> None:
+        own = store.in_this_thread()  # made here, in the OS thread that uses it
         while not stop.wait(interval):
             try:
-                store.sync(cert_file, key_file)
+                own.sync(cert_file, key_file)
             except Exception as err:  # keep serving the current certificate
                 event("certificate sync failed; will retry", logging.WARNING, error=str(err))
 

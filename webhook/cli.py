@@ -23,11 +23,13 @@ import atexit
 import dataclasses
 import gc
 import importlib
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import threading
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -201,6 +203,34 @@ def prepare(settings: Settings) -> tuple[Settings, str, str, Any]:
         store, cert_file, key_file, settings.cert_check_s, stop)
 
 
+def transient(err: Exception) -> bool:
+    """Whether a start-up failure may pass by itself: the API server not answering
+    (yet) or answering 5xx. A 4xx (credentials, RBAC) or a bad setting will not."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(err, ApiException):
+        return err.status is None or err.status >= 500 or err.status == 429
+    return isinstance(err, OSError) or type(err).__name__ in ("MaxRetryError", "ProtocolError")
+
+
+def prepare_patiently(settings: Settings) -> tuple[Settings, str, str, Any]:
+    """``prepare``, tried again for ``startup_wait_s`` while the failure is transient:
+    an API server that restarts, or a network that is not up yet, as the pod
+    starts, costs a few seconds instead of a crash and a restart back-off."""
+    deadline = time.monotonic() + settings.startup_wait_s
+    pause = 0.5
+    while True:
+        try:
+            return prepare(settings)
+        except Exception as err:
+            if not transient(err) or time.monotonic() + pause > deadline:
+                raise
+            event("the API server is not answering yet; trying again", logging.WARNING,
+                  error=f"{type(err).__name__}: {str(err)[:300]}", retry_in_s=pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
 def _remove_in_master(path: str, master: int) -> None:
     # Workers are forks of the master and inherit its atexit hooks.
     if os.getpid() == master:
@@ -230,7 +260,7 @@ def main(argv: list[str]) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(_remove_in_master, metrics_dir, os.getpid())
     try:
-        settings, cert_file, key_file, on_ready = prepare(settings)
+        settings, cert_file, key_file, on_ready = prepare_patiently(settings)
     except Exception as err:  # the message is all an operator needs; no traceback
         print(f"shardmesh webhook: cannot start: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -61,6 +61,9 @@ class Settings:
     ca_lifetime_s: float = 3 * 365 * 86400.0
     #: How often to look at the Secret, the files and the caBundle.
     cert_check_s: float = 60.0
+    #: Seconds to keep trying an API server that does not answer at start-up
+    #: (a connection error or a 5xx) before giving up; a 4xx fails at once.
+    startup_wait_s: float = 30.0
     #: Address and port of the HTTPS listener.
     host: str = "0.0.0.0"
     port: int = 8443

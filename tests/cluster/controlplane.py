@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tests.cluster.binaries import Binaries
-from tests.cluster.pki import KeyPair, Pki, write_pki
+from tests.cluster.pki import KeyPair, Pki, issue_client_cert, write_pki
 from tests.cluster.processes import ManagedProcess, free_port
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class ControlPlaneSettings:
     """Leave the temp dir (logs, certs) in place after stop, for debugging."""
     extra_apiserver_args: tuple[str, ...] = ()
     """Appended to kube-apiserver's command line (e.g. ``--feature-gates=...``)."""
+    extra_controllers: tuple[str, ...] = ()
+    """Added to :data:`CONTROLLERS` (the node tier's real pod IPs want the endpoint controllers)."""
 
     @classmethod
     def from_env(cls) -> ControlPlaneSettings:
@@ -208,6 +210,18 @@ class ControlPlane:
     def _service_ip(self) -> str:
         return str(next(ipaddress.ip_network(self.settings.service_cidr).hosts()))
 
+    def service_ip(self) -> str:
+        """The ``kubernetes`` Service's ClusterIP (in the API server's certificate)."""
+        return self._service_ip()
+
+    def ca_cert(self) -> Path:
+        return self._require_pki().ca.cert
+
+    def issue_client_cert(self, stem: str, user: str, group: str | None = None) -> KeyPair:
+        """A client certificate for ``user`` (in ``group``) signed by this cluster's CA."""
+        pki = self._require_pki()
+        return issue_client_cert(pki.ca, self.dir / "pki", stem, user, group)
+
     def _etcd_argv(self) -> list[str]:
         return [
             str(self.binaries.path("etcd")),
@@ -258,7 +272,7 @@ class ControlPlane:
             f"--service-account-private-key-file={pki.sa_private}",
             f"--cluster-signing-cert-file={pki.ca.cert}",
             f"--cluster-signing-key-file={pki.ca.key}",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(CONTROLLERS + self.settings.extra_controllers)}",
             "--kube-api-qps=200",
             "--kube-api-burst=400",
             "--v=1",

@@ -163,3 +163,13 @@ def write_pki(directory: Path, service_ip: str) -> Pki:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ))
     return Pki(ca, apiserver, admin, controller_manager, sa_private, sa_public)
+
+
+def issue_client_cert(ca: KeyPair, directory: Path, stem: str, user: str,
+                      group: str | None = None) -> KeyPair:
+    """One more client certificate (e.g. a kubelet's ``system:node:<name>``) from a written CA."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    return _make_leaf(directory, stem, _name(user, group) if group else _name(user),
+                      ca_cert, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH)

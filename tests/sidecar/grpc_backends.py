@@ -29,9 +29,10 @@ SERVICE = "shard.Echo"
 
 
 class GrpcBackend:
-    def __init__(self, ordinal: int, port: int = 0) -> None:
+    def __init__(self, ordinal: int, port: int = 0, host: str = "127.0.0.1") -> None:
         self.ordinal = ordinal
         self.port = port
+        self.host = host
         self.calls: list[tuple[str, str]] = []
         self.cancelled: list[str] = []
         self.metadata: list[dict[str, str]] = []
@@ -42,7 +43,7 @@ class GrpcBackend:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -61,7 +62,7 @@ class GrpcBackend:
             "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
             "Hold": grpc.unary_stream_rpc_method_handler(self.hold),
         }),))
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = server.add_insecure_port(self.address)
         await server.start()
         self.server = server
 

@@ -29,15 +29,15 @@ from tests.webhook import serving
 from tests.webhook.golden import TESTDATA, load_input, pod_of, review
 from webhook import patch
 
-#: Run inside the product's interpreter: imports every module of the three
+#: Run inside the product's interpreter: imports every module of the four
 #: packages and the webhook's worker classes the way gunicorn loads them.
 IMPORT_ALL = r"""
 import importlib, json, pkgutil, sys
 from gunicorn.util import load_class
-import sidecar, shardmesh, webhook
+import directory, sidecar, shardmesh, webhook
 from webhook.settings import WORKER_CLASSES
 modules = []
-for package in (shardmesh, webhook, sidecar):
+for package in (shardmesh, webhook, sidecar, directory):
     modules.append(package.__name__)
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         if info.name.endswith(".__main__"):  # runs the command line when imported
@@ -57,7 +57,8 @@ def test_every_module_and_worker_class_imports(product: Product, data_plane: str
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.splitlines()[-1])
     expected = {f"{d.name}.{p.stem}" for d in (REPO / "shardmesh", REPO / "webhook",
-                                              REPO / "sidecar") for p in d.glob("*.py")
+                                              REPO / "sidecar", REPO / "directory")
+                for p in d.glob("*.py")
                 if p.stem not in ("__init__", "__main__")}
     assert expected <= set(found["modules"]), expected - set(found["modules"])
     assert found["workers"] == {"gevent": "FairGeventWorker", "gthread": "ThreadWorker"}
@@ -72,7 +73,7 @@ def test_help_and_version(product: Product, data_plane: str) -> None:
     assert result.returncode == 0, result.stderr
     for command in ("webhook", "sidecar", "inject", "route", "check", "demo"):
         assert f"  {command} " in result.stdout
-    for command in ("webhook", "sidecar", "inject", "route", "check"):
+    for command in ("webhook", "sidecar", "inject", "route", "check", "directory"):
         sub = product.run([command, "--help"])
         assert sub.returncode == 0, f"{command} --help: {sub.stderr}"
         assert "usage:" in sub.stdout

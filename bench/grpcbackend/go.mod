@@ -1,0 +1,3 @@
+module shardmesh/bench/grpcbackend
+
+go 1.24
