@@ -1,7 +1,7 @@
 """One StatefulSet's list+watch pair, in two daemon threads (the ``kubernetes`` client blocks).
 
 - The StatefulSet by name (``fieldSelector=metadata.name=S``); its pods by the
-  StatefulSet's own ``spec.selector`` (``directory.selectors``), so the API
+  StatefulSet's own ``spec.selector`` (``sidecar.selectors``), so the API
   server sends only those pods. The pod watch starts once the StatefulSet is
   known, and restarts (one list) when its selector changes: deleted and made
   again with another one.
@@ -26,8 +26,8 @@ from typing import Any
 
 from directory import metrics
 from directory.maps import DirMap, MapKey, Obj, build
-from directory.selectors import label_selector
 from sidecar.discovery import Collection, PodInfo, pod_info
+from sidecar.selectors import label_selector
 
 log = logging.getLogger("shardmesh.directory.informer")
 

@@ -125,16 +125,16 @@ class Directory:
         await asyncio.wait_for(writer.drain(), self.settings.write_timeout_s)
         return keep
 
-    async def _allowed(self, request: Request, key: MapKey) -> None:
+    async def _allowed(self, request: Request, key: MapKey, verb: str) -> None:
         user = await self.auth.authenticate(request.headers.get("authorization"))
-        await self.auth.authorize(user, key)
+        await self.auth.authorize(user, key, verb)
 
     # --- the stream --------------------------------------------------------------
 
     async def watch(self, request: Request, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> None:
         key = map_key(request.query)
-        await self._allowed(request, key)
+        await self._allowed(request, key, "watch")
         if self.streams >= self.settings.max_subscribers:
             raise Refusal(503, "too_many_subscribers",
                           f"this replica serves {self.streams} streams already "
@@ -196,7 +196,7 @@ class Directory:
     async def resolve(self, request: Request) -> dict[str, object]:
         key = map_key(request.query)
         strategy = strategy_of(request.query.get("strategy"))
-        await self._allowed(request, key)
+        await self._allowed(request, key, "get")
         entry = self.hub.acquire(key)
         try:
             try:
@@ -221,7 +221,7 @@ class Directory:
             if wanted and key.namespace != wanted:
                 continue
             try:
-                await self.auth.authorize(user, key)
+                await self.auth.authorize(user, key, "get")
             except Denied as err:
                 if err.status == 403:
                     continue  # never another namespace's map: not even that it is watched

@@ -10,7 +10,9 @@ object at fault, with the fix underneath:
 2. ca-bundle    the caBundle parses and is not expired or near expiry, and a URL
                 webhook's serving certificate chains to it;
 3. rbac         every sidecar service account can read its routes' StatefulSets
-                and pods (SubjectAccessReview);
+                and pods (direct mode), or, in directory mode, the shardmaps of
+                other namespaces it routes to (its own needs no RBAC)
+                (SubjectAccessReview);
 4. sidecar      no opted-in pod is missing ``shard-router``;
 5. directory    if installed: ready replicas, ``/readyz`` through the service
                 proxy, and one replica's subscriber and informer counts.
@@ -33,7 +35,7 @@ import urllib3
 from kubernetes import client, config
 
 from shardmesh.check_cluster import Cluster, ClusterError
-from shardmesh.check_directory import directory_section
+from shardmesh.check_directory import directory_section, injected_directory_url
 from shardmesh.check_model import FAIL, Finding, Obj, worst
 from shardmesh.check_optin import opted_in, sidecar_findings
 from shardmesh.check_probe import probe
@@ -177,9 +179,12 @@ def _namespace_sections(
 ) -> list[Finding]:
     scope = opted_in(cluster.namespaces(settings.namespaces), cluster.pods(settings.namespaces),
                      excluded)
-    needed, problems = requirements(scope)
+    # Sidecars default to the directory when the webhook injects one (SPEC §7).
+    directory = bool(injected_directory_url(cluster.core.api_client,
+                                            settings.injector_namespace, cluster.timeout))
+    needed, problems = requirements(scope, directory)
     denied = {req: cluster.denied(req) for req in needed}
-    role_exists = (not any(denied.values())
+    role_exists = (not any(v for r, v in denied.items() if r.mode == "direct")
                    or cluster.clusterrole_exists(settings.sidecar_clusterrole))
     return [*problems, *rbac_findings(denied, settings.sidecar_clusterrole, role_exists),
             *sidecar_findings(scope), *slot_section(scope, cluster.statefulset)]

@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shardmesh.check_model import Obj
 from shardmesh.check_probe import ProbeResult
-from shardmesh.check_rbac import PERMISSIONS, Permission, Requirement
+from shardmesh.check_rbac import Permission, Requirement, alternatives, denied
 from shardmesh.check_webhook import ServiceProbe, ServiceRef
 
 
@@ -140,8 +140,14 @@ class Cluster:
         return True
 
     def denied(self, req: Requirement) -> tuple[Permission, ...]:
-        """The permissions the API server's authorizer refuses this service account."""
-        return tuple(p for p in PERMISSIONS if not self._allowed(req, p))
+        """The permissions the API server's authorizer refuses this service account, as
+        ``check_rbac.denied`` reports them. Fallback rights are asked only if needed."""
+        allowed: dict[Permission, bool] = {}
+        for option in alternatives(req):
+            allowed |= {p: self._allowed(req, p) for p in option if p not in allowed}
+            if all(allowed[p] for p in option):
+                break
+        return denied(req, allowed)
 
     def _allowed(self, req: Requirement, perm: Permission) -> bool:
         body = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(

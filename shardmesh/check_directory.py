@@ -101,8 +101,8 @@ def injection_findings(namespace: str, installed: bool, url: str,
                         "until the directory makes it", (f"kubectl -n {namespace} logs "
                                                          f"deploy/{DEPLOYMENT}",))]
     return [Finding(OK, "directory", f"sidecars are injected to use the directory at {url} "
-                    "(shard.io/discovery: direct opts a pod out); it authorises each "
-                    "subscription by the sidecar RBAC checked above")]
+                    "(shard.io/discovery: direct opts a pod out); a sidecar needs no RBAC for "
+                    "its own namespace's maps, and shardmaps.shard.io for another's")]
 
 
 def directory_section(api: client.ApiClient, namespace: str, timeout: float) -> list[Finding]:
@@ -132,6 +132,11 @@ def directory_section(api: client.ApiClient, namespace: str, timeout: float) -> 
     return [*directory_findings(namespace, deployment, get("readyz"), get("metrics")),
             *injection_findings(namespace, True, webhook_directory_url(_read_webhook(
                 apps, namespace, timeout)), _secret_exists(core, namespace, timeout))]
+
+
+def injected_directory_url(api: client.ApiClient, namespace: str, timeout: float) -> str:
+    """The directory the webhook injects sidecars to use ("" if none, or unreadable)."""
+    return webhook_directory_url(_read_webhook(client.AppsV1Api(api), namespace, timeout))
 
 
 def _read_webhook(apps: client.AppsV1Api, namespace: str, timeout: float) -> Obj | None:

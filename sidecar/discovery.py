@@ -3,9 +3,10 @@
 Design rules:
 - Per route, two list-then-watch loops run in daemon threads (the ``kubernetes``
   client blocks): one on the StatefulSet (field selector ``metadata.name``), one
-  on the pods of its namespace. Each change recomputes the route's snapshot
-  with the pure ``snapshot`` function and hands it to the event loop with
-  ``call_soon_threadsafe``; the loop thread is the only writer of the map.
+  on its pods by the StatefulSet's own ``spec.selector``, started once the
+  StatefulSet is known and restarted when the selector changes. Each change
+  recomputes the route's snapshot with the pure ``snapshot`` function and hands
+  it to the event loop with ``call_soon_threadsafe``; the loop thread is the only writer of the map.
 - ``N = spec.replicas`` (desired), ``s = spec.ordinals.start`` (0 when absent).
   Shard i (the key function's result, 0..N-1) is the pod with ordinal s + i; it
   is ready iff that pod exists, is owned by S, has Ready=True, has no
@@ -15,8 +16,10 @@ Design rules:
   number in its name where the label is absent. A pod counts only if it is
   named ``S-<n>``, a StatefulSet named S owns it, and its label (if any) says
   n too: a stray pod that merely looks like ``S-1`` must never receive traffic.
-- Watch expiry (410) lists again; connection errors (an apiserver restart)
-  keep the last known map and reconnect with backoff. Nothing is guessed:
+- Watch expiry (410) lists again after a jittered delay; connection errors (an
+  apiserver restart) keep the last known map and resume the watch from the last
+  resourceVersion (no list) after a full-jitter backoff, so a thousand sidecars
+  do not come back in lockstep. Nothing is guessed:
   until the first full list, the route is not synced (503 shard_map_not_ready).
 - Slot mode (SPEC §6): each StatefulSet event also parses its slot annotations
   (``sidecar.slots.parse``); the map decides on the loop thread whether they
@@ -26,8 +29,10 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import random
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -35,8 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.annotations import RouteSpec
+from sidecar.backoff import full_jitter
 from sidecar.metrics import Stats
 from sidecar.reload import AnnotationsFile
+from sidecar.selectors import label_selector
 from sidecar.settings import Settings
 from sidecar.shardmap import Shard, ShardMap
 from sidecar.slots import SlotError, SlotMap
@@ -44,8 +51,6 @@ from sidecar.slots import parse as parse_slots
 
 log = logging.getLogger("shardmesh.sidecar.discovery")
 
-#: Set by the StatefulSet controller on every pod it creates (value: the pod's name).
-POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 #: Set by the StatefulSet controller (Kubernetes >= 1.28) to the pod's ordinal.
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 #: An ordinal as the controller writes it, in names and in the label.
@@ -54,7 +59,10 @@ _ORDINAL = r"(?:0|[1-9][0-9]*)"
 Obj = dict[str, Any]
 
 WATCH_SECONDS = 240  # server-side watch timeout; renewed from the last resourceVersion
-BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0  # full jitter (sidecar.backoff) within these
+#: A relist after 410 Gone waits a uniform [0, RELIST_SPREAD) s first, so the
+#: sidecars of a cluster whose watches all expired at once do not list in one burst.
+RELIST_SPREAD = 5.0
 
 
 @dataclass(frozen=True)
@@ -240,63 +248,99 @@ class Collection:
         return response.response  # the raw stream, for watch.Watch
 
 
-class RouteWatch:
-    """The two watches of one route, feeding ``publish`` with every new snapshot."""
+def _always() -> bool:
+    return True
 
-    def __init__(self, spec: RouteSpec, client: Any, publish: Publish, stats: Stats) -> None:
+
+class RouteWatch:
+    """The two watches of one route, feeding ``publish`` with every new snapshot.
+
+    The StatefulSet is watched by name. Its pods are watched by the StatefulSet's
+    own ``spec.selector`` once it is known (a busy namespace's other pods are never
+    sent), by a loop restarted whenever the selector changes; the loop of an old
+    selector may write nothing (``valid``) and its stream is cut short."""
+
+    def __init__(self, spec: RouteSpec, client: Any, publish: Publish, stats: Stats,
+                 rand: Callable[[], float] = random.random) -> None:
         self.spec, self.client, self.publish, self.stats = spec, client, publish, stats
+        self.rand = rand
         self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.sts: StatefulSetInfo | None = None
+        self.selector: str | None = None
         self.pods: dict[str, PodInfo] = {}
         self.listed = {"sts": False, "pods": False}
+        #: Bumped on every selector change: only the pod loop of the current one writes.
+        self.pod_loop = 0
+        self.streams: dict[str, Any] = {}
+        self.running = False  # threads only once started (tests drive the state directly)
 
     def start(self) -> None:
+        self.running = True
         backend = self.spec.backend
-        namespace = backend.namespace
-        loops = (
-            ("sts", Collection(self.client, f"/apis/apps/v1/namespaces/{namespace}/statefulsets",
-                               [("fieldSelector", f"metadata.name={backend.statefulset}")])),
-            # Only pods a StatefulSet controller made (it labels each with its name):
-            # the namespace may hold many others, which this sidecar need not hold.
-            ("pods", Collection(self.client, f"/api/v1/namespaces/{namespace}/pods",
-                                [("labelSelector", POD_NAME_LABEL)])),
-        )
-        for kind, collection in loops:
-            threading.Thread(target=self._loop, args=(kind, collection), daemon=True,
-                             name=f"watch-{self.spec.name}-{kind}").start()
+        sts = Collection(self.client, f"/apis/apps/v1/namespaces/{backend.namespace}/statefulsets",
+                         [("fieldSelector", f"metadata.name={backend.statefulset}")])
+        threading.Thread(target=self._loop, args=("sts", sts, _always), daemon=True,
+                         name=f"watch-{self.spec.name}-sts").start()
 
     def stop(self) -> None:
         self.stopped.set()
+        for kind in list(self.streams):
+            self._interrupt(kind)
+
+    def _interrupt(self, kind: str) -> None:
+        """Unblock the thread reading ``kind``'s watch (it then sees why and acts)."""
+        response = getattr(self.streams.get(kind), "_resp", None)
+        if response is not None:
+            with contextlib.suppress(Exception):  # already closed: nothing to unblock
+                response.shutdown()
+
+    def _restart_pods_locked(self) -> None:
+        """A new pod loop for ``self.selector`` (none while it is None)."""
+        self.pod_loop += 1
+        self._interrupt("pods")
+        if self.selector is None or not self.running:
+            return
+        mine = self.pod_loop
+        pods = Collection(self.client, f"/api/v1/namespaces/{self.spec.backend.namespace}/pods",
+                          [("labelSelector", self.selector)])
+        threading.Thread(target=self._loop, args=("pods", pods, lambda: self.pod_loop == mine),
+                         daemon=True, name=f"watch-{self.spec.name}-pods-{mine}").start()
 
     # --- the list-then-watch loop (thread) ----------------------------------------
 
-    def _loop(self, kind: str, collection: Collection) -> None:
+    def _loop(self, kind: str, collection: Collection, valid: Callable[[], bool]) -> None:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
         version: str | None = None
-        backoff = BACKOFF_START
-        while not self.stopped.is_set():
+        attempt, lists = 0, 0
+        while not self.stopped.is_set() and valid():
             try:
                 if version is None:
+                    if lists and self.stopped.wait(self.rand() * RELIST_SPREAD):
+                        return  # a relist: spread over RELIST_SPREAD, not all at once
                     listed = collection.list(timeout=30)
+                    lists += 1
                     version = listed["metadata"]["resourceVersion"]
-                    self._replace(kind, listed.get("items") or [])
+                    self._replace(kind, listed.get("items") or [], valid)
                 stream = watch.Watch()  # type: ignore[no-untyped-call]
+                self.streams[kind] = stream
                 events = stream.stream(  # type: ignore[no-untyped-call]
                     collection, resource_version=version, timeout_seconds=WATCH_SECONDS,
                     allow_watch_bookmarks=True, _request_timeout=WATCH_SECONDS + 30)
                 for event in events:
-                    if self.stopped.is_set():
+                    if self.stopped.is_set() or not valid():
                         stream.stop()  # type: ignore[no-untyped-call]
                         return
                     obj = event["object"]
                     version = obj["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
-                        self._apply(kind, event["type"], obj)
-                backoff = BACKOFF_START
+                        self._apply(kind, event["type"], obj, valid)
+                attempt = 0
             except ApiException as err:
+                if self.stopped.is_set() or not valid():
+                    return
                 if err.status == 410:
                     log.info("route %s: %s watch expired (410): listing again",
                              self.spec.name, kind)
@@ -306,16 +350,18 @@ class RouteWatch:
                 log.warning("route %s: %s watch: %s %s", self.spec.name, kind, err.status,
                             err.reason)
                 self._count(f"http_{err.status}")
-                backoff = self._pause(backoff)
+                attempt = self._pause(attempt)
             except Exception as err:  # noqa: BLE001 - connection errors of every kind
+                if self.stopped.is_set() or not valid():
+                    return  # interrupted: a new selector's loop has taken over
                 log.warning("route %s: %s watch: %s: %s", self.spec.name, kind,
                             type(err).__name__, err)
                 self._count("connection")
-                backoff = self._pause(backoff)
+                attempt = self._pause(attempt)  # then resume from ``version``: no relist
 
-    def _pause(self, backoff: float) -> float:
-        self.stopped.wait(backoff)
-        return min(backoff * 2, BACKOFF_MAX)
+    def _pause(self, attempt: int) -> int:
+        self.stopped.wait(full_jitter(attempt, BACKOFF_START, BACKOFF_MAX, self.rand))
+        return attempt + 1
 
     def _count(self, reason: str) -> None:
         restarts = self.stats.watch_restarts
@@ -323,12 +369,15 @@ class RouteWatch:
 
     # --- state (thread side, under the lock) ------------------------------------------
 
-    def _replace(self, kind: str, items: list[Obj]) -> None:
+    def _replace(self, kind: str, items: list[Obj], valid: Callable[[], bool] = _always
+                 ) -> None:
         with self.lock:
+            if not valid():
+                return
             if kind == "sts":
                 named = [s for s in items
                          if (s.get("metadata") or {}).get("name") == self.spec.backend.statefulset]
-                self.sts = statefulset_info(named[0]) if named else None
+                self._set_sts_locked(named[0] if named else None)
             else:
                 self.pods = {}
                 for pod in items:
@@ -338,13 +387,16 @@ class RouteWatch:
             self.listed[kind] = True
             self._publish_locked()
 
-    def _apply(self, kind: str, event: str, obj: Obj) -> None:
+    def _apply(self, kind: str, event: str, obj: Obj, valid: Callable[[], bool] = _always
+               ) -> None:
         with self.lock:
+            if not valid():
+                return
             name = (obj.get("metadata") or {}).get("name") or ""
             if kind == "sts":
                 if name != self.spec.backend.statefulset:
                     return
-                self.sts = None if event == "DELETED" else statefulset_info(obj)
+                self._set_sts_locked(None if event == "DELETED" else obj)
             else:
                 info = None if event == "DELETED" else pod_info(obj, self.spec.backend.statefulset)
                 if info is None:
@@ -354,10 +406,30 @@ class RouteWatch:
                     self.pods[name] = info
             self._publish_locked()
 
+    def _set_sts_locked(self, obj: Obj | None) -> None:
+        self.sts = None if obj is None else statefulset_info(obj)
+        selector = None if obj is None else pod_selector(obj, self.spec.name)
+        if selector == self.selector and self.listed["pods"]:
+            return
+        self.selector = selector
+        # No selector (no StatefulSet): no pods, and nothing to wait for. A new one: wait
+        # for its list before publishing again (the last map stays meanwhile).
+        self.pods, self.listed["pods"] = {}, selector is None
+        self._restart_pods_locked()
+
     def _publish_locked(self) -> None:
         if not all(self.listed.values()):
             return
         self.publish(snapshot(self.spec, self.sts, self.pods.values()))
+
+
+def pod_selector(sts: Obj, route: str) -> str | None:
+    """The StatefulSet's ``spec.selector`` as a query, None (logged) if it cannot be one."""
+    try:
+        return label_selector((sts.get("spec") or {}).get("selector"))
+    except ValueError as err:
+        log.warning("route %s: not watching pods: %s", route, err)
+        return None
 
 
 class KubernetesSource:

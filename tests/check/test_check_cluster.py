@@ -321,3 +321,64 @@ def test_a_bad_slot_map_of_a_routed_statefulset_is_reported(
     fresh = only(findings, "slots", f"statefulset {namespace}/audit")
     assert fresh["status"] == "WARN" and fresh["hints"] == [
         f"shardmesh reshard audit -n {namespace} --init"]
+
+
+def test_directory_mode_needs_no_rolebinding_in_the_own_namespace(
+    control_plane: Any, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SPEC §7: with the webhook injecting a directory, a same-namespace route needs no
+    RBAC; a route to another namespace needs shardmaps.shard.io there."""
+    api = control_plane.api_client()
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    apps = client.AppsV1Api(api)
+    injector, bank = f"{namespace}-inj"[:63], f"{namespace}-bank"[:63]
+    for ns in (injector, bank):
+        core.create_namespace({"metadata": {"name": ns}})
+    try:
+        apps.create_namespaced_deployment(injector, {
+            "metadata": {"name": "shardmesh-webhook"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "w"}},
+                     "template": {"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [
+                         {"name": "webhook", "image": "example.invalid/w:1", "env": [
+                             {"name": "SHARDMESH_DIRECTORY_URL",
+                              "value": "https://shardmesh-directory.x.svc"}]}]}}}})
+        _label_opted_in(control_plane, namespace)
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "client"}})
+        core.create_namespaced_pod(namespace, {
+            "metadata": {"name": "app", "annotations": {
+                "shard.io/backend": f"store:8080,ledger=accounts.{bank}"}},
+            "spec": {"serviceAccountName": "client",
+                     "containers": [{"name": "app", "image": "app"}]}})
+        args = ("--webhook-config", f"absent-{namespace}", "--injector-namespace", injector,
+                "--namespace", namespace)
+        _, findings = check(control_plane, capsys, *args)
+        rbac_lines = [f for f in findings if f["check"] == "rbac"]
+        assert [f["status"] for f in rbac_lines] == ["FAIL"], rbac_lines  # bank only
+        [denied] = rbac_lines
+        assert (f"cannot get/watch shardmaps.shard.io in namespace '{bank}' "
+                "(through the directory)") in denied["message"]
+        [hint] = denied["hints"]
+        assert hint == (f"kubectl create rolebinding shardmesh-shardmap-reader-{namespace}-client"
+                        f" -n {bank} --clusterrole=shardmesh-shardmap-reader "
+                        f"--serviceaccount={namespace}:client")
+        with_role = True
+        try:
+            rbac.create_cluster_role(manifest("base/shardmap-reader-clusterrole.yaml"))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            with_role = False  # already there (kubectl apply -k manifests/): leave it
+        try:
+            control_plane.kubectl(*shlex.split(hint)[1:])
+
+            def turned_ok() -> bool:
+                _, again = check(control_plane, capsys, *args)
+                return [f["status"] for f in again if f["check"] == "rbac"] == ["OK"]
+
+            wait_for(turned_ok, "the shardmaps grant to satisfy the check", timeout=20)
+        finally:
+            if with_role:
+                rbac.delete_cluster_role("shardmesh-shardmap-reader")
+    finally:
+        for ns in (injector, bank):
+            core.delete_namespace(ns)

@@ -62,4 +62,4 @@ def test_whether_sidecars_are_injected_to_use_the_directory() -> None:
         waiting[0].message
     used = injection_findings("sys", True, "https://d", True)
     assert used[0].status == "OK" and "use the directory at https://d" in used[0].message
-    assert "sidecar RBAC" in used[0].message  # the directory checks the same permissions
+    assert "needs no RBAC for its own namespace" in used[0].message  # directory/access.py

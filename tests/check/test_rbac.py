@@ -9,6 +9,7 @@ from shardmesh.check_rbac import (
     PERMISSIONS,
     Permission,
     Requirement,
+    denied,
     rbac_findings,
     requirements,
     rolebinding_command,
@@ -88,3 +89,47 @@ def test_missing_clusterrole_reported_only_when_it_matters(
 ) -> None:
     findings = rbac_findings({Requirement("a", "default", "a"): denied}, "sm-sidecar", exists)
     assert any("ClusterRole 'sm-sidecar' not found" in f.message for f in findings) == role_fail
+
+
+# --- directory mode (SPEC §7): no RBAC for the own namespace, shardmaps for others ------
+
+
+def test_directory_mode_needs_nothing_for_the_own_namespace() -> None:
+    scope = opted_in([namespace("a", labels=ON)],
+                     [pod("p", "a", service_account="client",
+                          annotations={"shard.io/backend": "svc,b=store.data:80"})],
+                     frozenset())
+    needed, problems = requirements(scope, directory=True)
+    assert problems == []
+    assert needed == [Requirement("a", "client", "data", "directory")]
+    # an empty opted-in namespace needs nothing either
+    empty = opted_in([namespace("e", labels=ON)], [], frozenset())
+    assert requirements(empty, directory=True) == ([], [])
+
+
+def test_a_route_in_direct_mode_still_needs_the_sidecar_role() -> None:
+    scope = opted_in([namespace("a", labels=ON)],
+                     [pod("p", "a", annotations={"shard.io/backend": "svc,b=store.data",
+                                                 "shard.io/discovery.svc": "direct"})],
+                     frozenset())
+    needed, _ = requirements(scope, directory=True)
+    assert needed == [Requirement("a", "default", "a", "direct"),
+                      Requirement("a", "default", "data", "directory")]
+
+
+def test_cross_namespace_directory_route_asks_for_shardmaps() -> None:
+    req = Requirement("shop", "client", "bank", "directory")
+    shardmaps = (Permission("shard.io", "shardmaps", "get"),
+                 Permission("shard.io", "shardmaps", "watch"))
+    assert denied(req, {}) == shardmaps
+    assert denied(req, dict.fromkeys(shardmaps, True)) == ()
+    assert denied(req, dict.fromkeys(PERMISSIONS, True)) == ()  # the old rights still do
+    [finding] = rbac_findings({req: shardmaps}, "shardmesh-sidecar", False)
+    assert finding.status == "FAIL"  # no "ClusterRole shardmesh-sidecar not found" line
+    assert "cannot get/watch shardmaps.shard.io in namespace 'bank' (through the directory)" \
+        in finding.message
+    assert finding.hints == ("kubectl create rolebinding shardmesh-shardmap-reader-shop-client "
+                             "-n bank --clusterrole=shardmesh-shardmap-reader "
+                             "--serviceaccount=shop:client",)
+    [ok] = rbac_findings({req: ()}, "shardmesh-sidecar", True)
+    assert ok.status == "OK" and "shardmaps.shard.io" in ok.message

@@ -60,6 +60,21 @@ def grant(api: client.ApiClient, namespace: str, account: str, role_ns: str | No
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
 
 
+def grant_shardmaps(api: client.ApiClient, namespace: str, account: str, role_ns: str) -> None:
+    """Bind the shipped ``shardmesh-shardmap-reader`` ClusterRole (renamed per call, as
+    ClusterRoles are cluster-wide) for ``namespace/account`` in ``role_ns``."""
+    doc = yaml.safe_load((REPO / "manifests" / "base" /
+                          "shardmap-reader-clusterrole.yaml").read_text())
+    name = f"shardmap-reader-{role_ns}-{account}"[:63]
+    rbac = client.RbacAuthorizationV1Api(api)
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": doc["rules"]})
+    rbac.create_namespaced_role_binding(role_ns, {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
+
+
 def token(api: client.ApiClient, namespace: str, account: str) -> str:
     with contextlib.suppress(ApiException):
         client.CoreV1Api(api).create_namespaced_service_account(

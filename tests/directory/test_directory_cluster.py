@@ -21,7 +21,14 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kubelet import Kubelet
 from tests.cluster.naming import namespace_name
 from tests.cluster.waiting import wait_for
-from tests.directory.harness import DirectoryProcess, grant, settle, subscribed, token
+from tests.directory.harness import (
+    DirectoryProcess,
+    grant,
+    grant_shardmaps,
+    settle,
+    subscribed,
+    token,
+)
 
 STS = "web"
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "shard_vectors.json"
@@ -110,31 +117,79 @@ def test_no_token_is_401_and_no_rights_is_403_naming_the_permission(
     status, body = directory.get(query, bearer="not-a-token")
     assert status == 401 and "not accepted" in body["message"], body
 
-    nobody = token(control_plane.api_client(), namespace, "nobody")
-    status, body = directory.get(query, bearer=nobody)
-    assert status == 403 and body["error"] == "forbidden", body
-    assert f"system:serviceaccount:{namespace}:nobody" in body["message"]
-    assert f"list pods (pods) in namespace {namespace}" in body["missing"]
-    assert f"watch statefulsets '{STS}' (statefulsets.apps) in namespace {namespace}" \
-        in body["missing"]
-    status, body = directory.get(f"/v1/resolve?namespace={namespace}&statefulset={STS}&key=1",
-                                 bearer=nobody)
-    assert status == 403 and "map" not in body
-
-    # Rights in one namespace are not rights in another; /v1/maps hides the rest.
+    # A service account of another namespace, with no grant at all: 403 naming shardmaps.
     other = namespace_name("directory-other")
-    core = client.CoreV1Api(control_plane.api_client())
+    api = control_plane.api_client()
+    core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
     try:
+        outsider = token(api, other, "outsider")
+        status, body = directory.get(query, bearer=outsider)
+        assert status == 403 and body["error"] == "forbidden", body
+        assert f"system:serviceaccount:{other}:outsider" in body["message"]
+        assert body["missing"] == [f"watch shardmaps.shard.io '{STS}' in namespace '{namespace}'"]
+        status, body = directory.get(
+            f"/v1/resolve?namespace={namespace}&statefulset={STS}&key=1", bearer=outsider)
+        assert status == 403 and "map" not in body
+        assert body["missing"] == [f"get shardmaps.shard.io '{STS}' in namespace '{namespace}'"]
+
+        # Old-style rights in one's own namespace are no rights in another.
         status, body = directory.get(f"/v1/watch?namespace={other}&statefulset={STS}",
                                      bearer=reader)
-        assert status == 403 and f"in namespace {other}" in body["message"], body
+        assert status == 403 and f"in namespace '{other}'" in body["message"], body
         with subscribed(directory, reader, namespace, STS) as sub:
             sub.wait_snapshot("the map", lambda m: m["found"])
-            status, maps = directory.get("/v1/maps", bearer=nobody)
+            status, maps = directory.get("/v1/maps", bearer=outsider)
             assert status == 200 and maps["maps"] == [] and maps["informers"] >= 1
             status, maps = directory.get("/v1/maps", bearer=reader)
             assert [m["map"]["namespace"] for m in maps["maps"]] == [namespace]
+    finally:
+        core.delete_namespace(other)
+
+
+def test_a_service_account_with_no_rbac_reads_its_own_namespace(
+    directory: DirectoryProcess, control_plane: ControlPlane, namespace: str,
+    apps: client.AppsV1Api,
+) -> None:
+    """SPEC §7: a sidecar needs no Kubernetes read rights for its own namespace's maps."""
+    apps.create_namespaced_stateful_set(namespace, statefulset(1))
+    nobody = token(control_plane.api_client(), namespace, "nobody")
+    with subscribed(directory, nobody, namespace, STS) as sub:
+        sub.wait_snapshot("the map", lambda m: m["found"] and m["replicas"] == 1)
+        status, maps = directory.get(f"/v1/maps?namespace={namespace}", bearer=nobody)
+        assert status == 200 and [m["map"]["namespace"] for m in maps["maps"]] == [namespace]
+    # ...and it really has no read rights of its own: the API server refuses it.
+    review = client.AuthorizationV1Api(control_plane.api_client()).create_subject_access_review(
+        {"spec": {"user": f"system:serviceaccount:{namespace}:nobody",
+                  "resourceAttributes": {"namespace": namespace, "verb": "list",
+                                         "resource": "pods"}}})
+    assert not review.status.allowed
+
+
+def test_the_shardmap_reader_role_grants_another_namespace(
+    directory: DirectoryProcess, control_plane: ControlPlane, namespace: str,
+    apps: client.AppsV1Api,
+) -> None:
+    apps.create_namespaced_stateful_set(namespace, statefulset(1))
+    other = namespace_name("directory-client")
+    api = control_plane.api_client()
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        outsider = token(api, other, "client")
+        query = f"/v1/watch?namespace={namespace}&statefulset={STS}"
+        assert directory.get(query, bearer=outsider)[0] == 403
+        grant_shardmaps(api, other, "client", namespace)
+        # The denial was cached (5 s): the grant shows once it expires.
+        resolve = f"/v1/resolve?namespace={namespace}&statefulset={STS}&key=1"
+        wait_for(lambda: directory.get(resolve, bearer=outsider)[0] != 403,
+                 "the grant to be seen", timeout=20)
+        with subscribed(directory, outsider, namespace, STS) as sub:
+            sub.wait_snapshot("the map", lambda m: m["found"])
+        # The grant is one way: the namespace's own accounts still cannot read the other's.
+        status, _ = directory.get(f"/v1/watch?namespace={other}&statefulset={STS}",
+                                  bearer=token(api, namespace, "plain"))
+        assert status == 403
     finally:
         core.delete_namespace(other)
 

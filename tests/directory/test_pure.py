@@ -10,11 +10,11 @@ import pytest
 from directory.httpwire import BadRequest, chunk, parse_head
 from directory.maps import DirMap, MapKey, build, from_wire, to_wire
 from directory.resolve import Refusal, resolve, strategy_of
-from directory.selectors import label_selector
 from directory.settings import load
 from directory.ttlcache import TtlCache
 from sidecar.annotations import Backend, KeySource, RouteSpec
 from sidecar.discovery import pod_info, snapshot
+from sidecar.selectors import label_selector
 from sidecar.shardfn import ordinal_for
 
 KEY = MapKey("ns", "web")

@@ -178,9 +178,9 @@ def cluster(control_plane: ControlPlane, namespace: str, kubelet: Kubelet,
 
 @pytest.fixture
 def reader(control_plane: ControlPlane, namespace: str) -> str:
-    api = control_plane.api_client()
-    grant(api, namespace, "client")
-    return token(api, namespace, "client")
+    """A token of a service account with no RBAC at all: in directory mode a sidecar
+    needs none for its own namespace (SPEC §7), so no RoleBinding is made."""
+    return token(control_plane.api_client(), namespace, "client")
 
 
 @pytest.fixture
@@ -336,17 +336,27 @@ def test_an_unauthorised_account_gets_no_map_and_is_told_why(
     directory: DirectoryProcess, cluster: DirectoryCluster, control_plane: ControlPlane,
 ) -> None:
     cluster.create(2)
-    nobody = token(control_plane.api_client(), cluster.namespace, "nobody")
-    cluster.start_directory_sidecar(nobody, [directory.url], directory.ca)
-    wait_for(lambda: "403" in (cluster.route()["problem"] or ""), "the refusal", timeout=15)
-    route = cluster.route()
-    assert not route["synced"] and route["count"] == 0
-    assert f"list pods (pods) in namespace {cluster.namespace}" in route["problem"]
-    status, _, body = get_json(cluster.sidecar.port, f"/{STS}/x",  # type: ignore[union-attr]
-                               headers={"X-Shard-Key": "1"})
-    assert (status, body["error"]) == (503, "shard_map_not_ready")
-    assert cluster.ready() == 503
-    assert all(not b.seen for b in cluster.backends.values())
+    # Another namespace's service account, with the old direct-watch rights in its own.
+    other = namespace_name("dirclient-stranger")
+    api = control_plane.api_client()
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        grant(api, other, "stranger")
+        cluster.start_directory_sidecar(token(api, other, "stranger"), [directory.url],
+                                        directory.ca)
+        wait_for(lambda: "403" in (cluster.route()["problem"] or ""), "the refusal", timeout=15)
+        route = cluster.route()
+        assert not route["synced"] and route["count"] == 0
+        assert f"watch shardmaps.shard.io '{STS}' in namespace '{cluster.namespace}'" \
+            in route["problem"]
+        status, _, body = get_json(cluster.sidecar.port, f"/{STS}/x",  # type: ignore[union-attr]
+                                   headers={"X-Shard-Key": "1"})
+        assert (status, body["error"]) == (503, "shard_map_not_ready")
+        assert cluster.ready() == 503
+        assert all(not b.seen for b in cluster.backends.values())
+    finally:
+        core.delete_namespace(other)
 
 
 def test_rights_in_one_namespace_give_no_map_of_another(
@@ -366,7 +376,7 @@ def test_rights_in_one_namespace_give_no_map_of_another(
         wait_for(lambda: "403" in (cluster.route()["problem"] or ""), "the refusal",
                  timeout=15)
         route = cluster.route()
-        assert not route["synced"] and f"in namespace {other}" in route["problem"]
+        assert not route["synced"] and f"in namespace '{other}'" in route["problem"]
     finally:
         core.delete_namespace(other)
 

@@ -327,11 +327,16 @@ def test_no_automounted_token_still_gets_a_working_sidecar(shop: Shop) -> None:
 
 
 def test_the_sidecars_readiness_is_the_pods(shop: Shop) -> None:
-    """A ServiceAccount without the sidecar's RoleBinding: the map cannot sync, the pod is
-    not Ready though its app runs; bound, the same sidecar gets ready without a restart."""
+    """A ServiceAccount without the sidecar's RoleBinding, in direct mode: the map cannot
+    sync, the pod is not Ready though its app runs; bound, the same sidecar gets ready
+    without a restart."""
     cp = shop.cp
     cp.kubectl("create", "-n", NS, "serviceaccount", "unbound")
-    apply(cp, w.client_pod("gated", "unbound"))
+    gated = w.client_pod("gated", "unbound")
+    # Direct mode: through the directory a sidecar reads its own namespace's maps with no
+    # RBAC at all (SPEC §7, directory/access.py), so only a direct watch is gated by it.
+    gated["metadata"]["annotations"]["shard.io/discovery"] = "direct"
+    apply(cp, gated)
     wait_for(lambda: (shop.pod("gated")["status"].get("containerStatuses") or [{}])[0]
              .get("state", {}).get("running"), "the gated pod's app running", timeout=90)
     time.sleep(8)  # several readiness periods (2 s) of the sidecar

@@ -1,7 +1,9 @@
 """A StatefulSet's ``spec.selector`` as a label selector query string. Pure.
 
-The directory watches only the StatefulSet's own pods: the API server filters
-by this selector, so a busy namespace costs the directory nothing.
+The sidecar's direct watch and the directory's informer watch only the
+StatefulSet's own pods: the API server filters by this selector, so a busy
+namespace costs them nothing. (Here, not in ``directory``, because the sidecar
+must not depend on the directory package.)
 """
 
 from __future__ import annotations
