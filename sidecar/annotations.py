@@ -1,6 +1,8 @@
 """The shard.io annotation schema: names, defaults and validators, in one place.
 
-Both sides import this module: the webhook rejects a pod whose annotations do
+Both sides import this module (the whole-pod check and the sidecar container's
+resources are in ``sidecar.pod_checks``; the annotations file format in
+``sidecar.downward``): the webhook rejects a pod whose annotations do
 not parse here, and the sidecar builds its routes from the very same parse.
 So whatever the webhook admitted, the sidecar understands the same way.
 
@@ -14,11 +16,9 @@ Design rules:
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Final, Literal
 
 from sidecar.shardfn import STRATEGIES, Strategy
@@ -68,14 +68,6 @@ DISCOVERY_MODES: Final = ("directory", "direct")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
-_SUFFIX_SCALE: Final = {
-    None: Decimal(1), "m": Decimal("0.001"),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
-}
 
 
 #: How much of a user's value a message repeats (see ``clip``).
@@ -257,20 +249,6 @@ def max_connections(annotations: Mapping[str, str]) -> int | None:
     return None if value is None else parse_max_connections(MAX_CONNECTIONS, value)
 
 
-def parse_quantity(key: str, value: str) -> Decimal:
-    """A Kubernetes resource quantity (``100m``, ``64Mi``), as a number of base units."""
-    match = _QUANTITY.fullmatch(value)
-    if match is None:
-        raise AnnotationError(key, value, "not a Kubernetes quantity such as 100m or 64Mi")
-    try:
-        amount = Decimal(match[1]) * _SUFFIX_SCALE[match[2]]
-    except InvalidOperation:
-        raise AnnotationError(key, value, "not a Kubernetes quantity") from None
-    if amount <= 0:
-        raise AnnotationError(key, value, "must be greater than zero")
-    return amount
-
-
 def parse_backends(value: str, pod_namespace: str) -> tuple[Backend, ...]:
     """``[route=]statefulset[.namespace][:port]``, comma-separated, routes unique."""
     backends: list[Backend] = []
@@ -358,112 +336,3 @@ def check_known(annotations: Mapping[str, str]) -> None:
         base = name.split(".io/", 1)[1].split(".", 1)[0]
         if f"{PREFIX}{base}" not in ROUTE_OPTIONS:
             raise AnnotationError(name, value, "unknown shard.io annotation")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """The sidecar container's resources after annotation overrides."""
-
-    requests: dict[str, str]
-    limits: dict[str, str]
-
-
-def parse_resources(annotations: Mapping[str, str]) -> Resources:
-    """Defaults, overridden by validated annotations; a request may not exceed its limit."""
-    values = {k: annotations.get(k, DEFAULT_RESOURCES.get(k, "")) for k in RESOURCE_OPTIONS}
-    amounts = {k: parse_quantity(k, v) for k, v in values.items() if v}
-    for request, limit in ((CPU_REQUEST, CPU_LIMIT), (MEMORY_REQUEST, MEMORY_LIMIT)):
-        if request in amounts and limit in amounts and amounts[request] > amounts[limit]:
-            key = request if request in annotations else limit
-            raise AnnotationError(
-                key, values[key],
-                f"{request} ({clip(values[request])}) exceeds {limit} ({clip(values[limit])})",
-            )
-    pick: Callable[[str, str], dict[str, str]] = lambda cpu, mem: {  # noqa: E731
-        name: values[k] for name, k in (("cpu", cpu), ("memory", mem)) if values[k]
-    }
-    return Resources(
-        requests=pick(CPU_REQUEST, MEMORY_REQUEST), limits=pick(CPU_LIMIT, MEMORY_LIMIT)
-    )
-
-
-#: The global (un-suffixed) route options and their validators.
-_OPTION_PARSERS: Final[tuple[tuple[str, Callable[[str, str], object]], ...]] = (
-    (KEY, parse_key_source),
-    (STRATEGY, parse_strategy),
-    (UNAVAILABLE, parse_unavailable),
-    (TIMEOUT, parse_duration),
-    (DISCOVERY, parse_discovery),
-)
-
-
-def validate_pod(annotations: Mapping[str, str], pod_namespace: str) -> tuple[RouteSpec, ...]:
-    """Everything the webhook checks before injecting; returns the parsed routes.
-
-    Global options are checked on their own as well: routes only parse the ones
-    they use, and with no ``shard.io/backend`` yet a bad global would slip through
-    and bite when a later edit adds a backend.
-    """
-    routes = parse_routes(annotations, pod_namespace)
-    for option, parse in _OPTION_PARSERS:
-        if option in annotations:
-            parse(option, annotations[option])
-    for route in routes:  # not part of RouteSpec: the sidecar reads it per route itself
-        discovery_for(annotations, route.name)
-    parse_resources(annotations)
-    max_connections(annotations)
-    return routes
-
-
-# --- the downward API file --------------------------------------------------
-
-
-def parse_downward_file(text: str) -> dict[str, str]:
-    """Parse the kubelet's ``metadata.annotations`` file: ``key="value"`` per line.
-
-    The kubelet writes values with Go's ``%q``; JSON string syntax covers what
-    annotation values contain in practice, and ``\\x``/``\\a``/``\\v`` are mapped
-    to their JSON equivalents first.
-    """
-    result: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        key, sep, quoted = line.partition("=")
-        if not sep or not quoted.startswith('"'):
-            raise ValueError(
-                f"line {number} of the annotations file is not key=\"value\": {line!r}"
-            )
-        result[key] = _unquote_go(quoted, number)
-    return result
-
-
-_GO_ESCAPES = re.compile(r"\\(x[0-9a-fA-F]{2}|a|v|U[0-9a-fA-F]{8}|\\)")
-
-
-def _unquote_go(quoted: str, number: int) -> str:
-    def to_json(match: re.Match[str]) -> str:
-        esc = match[1]
-        if esc == "\\":
-            return "\\\\"
-        if esc in ("a", "v"):
-            return "\\u%04x" % (7 if esc == "a" else 11)
-        code = int(esc[1:], 16)
-        if code > 0x10FFFF:  # chr() would raise a ValueError that names no line
-            raise ValueError(f"line {number} of the annotations file: bad escape \\{esc}")
-        return json.dumps(chr(code))[1:-1]
-
-    try:
-        value = json.loads(_GO_ESCAPES.sub(to_json, quoted))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"line {number} of the annotations file: bad quoting: {err}") from None
-    if not isinstance(value, str):
-        raise ValueError(f"line {number} of the annotations file is not a quoted string")
-    return value
-
-
-def format_downward_file(annotations: Mapping[str, str]) -> str:
-    """The inverse of ``parse_downward_file``, in the kubelet's sorted order."""
-    return "".join(
-        f"{k}={json.dumps(v, ensure_ascii=False)}\n" for k, v in sorted(annotations.items())
-    )

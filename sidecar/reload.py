@@ -17,9 +17,9 @@ from sidecar.annotations import (
     RouteSpec,
     discovery_for,
     max_connections,
-    parse_downward_file,
     parse_routes,
 )
+from sidecar.downward import parse_downward_file
 
 log = logging.getLogger("shardmesh.sidecar.reload")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar import annotations as ann
+from sidecar import pod_checks
 from sidecar.annotations import clip
 from webhook import reasons
 from webhook.podview import MIRROR_ANNOTATION, Obj, annotations_of, has_sidecar, labels_of, spec
@@ -91,9 +92,9 @@ def _shard_items(annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 @functools.lru_cache(maxsize=1024)
 def _validated(items: tuple[tuple[str, str], ...], namespace: str) -> tuple[ann.RouteSpec, ...]:
-    """``ann.validate_pod``, memoised: the pods of a rollout share their annotations,
+    """``pod_checks.validate_pod``, memoised: the pods of a rollout share their annotations,
     and parsing them was a fifth of a review. Errors are not cached (re-raised each time)."""
-    return ann.validate_pod(dict(items), namespace)
+    return pod_checks.validate_pod(dict(items), namespace)
 
 
 def _volume_names(pod: Obj) -> set[str]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from sidecar import annotations as ann
+from sidecar import pod_checks
 from webhook.podview import SIDECAR_NAME, Obj, spec
 from webhook.settings import Settings
 
@@ -71,7 +72,7 @@ def sidecar_container(pod_annotations: Mapping[str, str], settings: Settings, na
 @functools.lru_cache(maxsize=256)
 def _sidecar_container(resource_annotations: tuple[tuple[str, str], ...], settings: Settings,
                        native: bool, mount_token: bool) -> Obj:
-    resources = ann.parse_resources(dict(resource_annotations))
+    resources = pod_checks.parse_resources(dict(resource_annotations))
     mounts = [{"name": PODINFO_VOLUME, "mountPath": PODINFO_DIR, "readOnly": True}]
     if mount_token:
         mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
@@ -106,7 +107,7 @@ def _directory_env(settings: Settings) -> list[Obj]:
             {"name": "SHARDMESH_DIRECTORY_CA", "value": settings.directory_ca}]
 
 
-def _resources(resources: ann.Resources) -> Obj:
+def _resources(resources: pod_checks.Resources) -> Obj:
     out: Obj = {}
     if resources.limits:
         out["limits"] = dict(resources.limits)

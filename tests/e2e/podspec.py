@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.annotations import format_downward_file
+from sidecar.downward import format_downward_file
 
 Obj = dict[str, Any]
 SIDECAR = "shard-router"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.annotations import parse_downward_file
+from sidecar.downward import parse_downward_file
 from tests.e2e import injected, podspec
 from tests.e2e.story import client_annotations
 from webhook.inject import inject

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.annotations import parse_downward_file
+from sidecar.downward import parse_downward_file
 from tests.e2e import podspec
 
 ANNOTATIONS = {"shard.io/backend": "bank=sharded-svc:8080", "note": 'says "hi"\n'}

@@ -17,14 +17,14 @@ import atheris
 
 with atheris.instrument_imports():
     from sidecar import annotations as ann
-    from sidecar import http11, keys
+    from sidecar import downward, http11, keys, pod_checks
     from sidecar.errors import ProxyError
 
 _SOURCES = [ann.parse_key_source(ann.KEY, v) for v in (
     "header:X-Shard-Key", "query:key", "path:1", "json:id", "json:a.0.b")]
 _KEY_CODES = {"missing_shard_key", "invalid_shard_key", "ambiguous_shard_key"}
 _PARSERS = (ann.parse_bool, ann.parse_key_source, ann.parse_strategy, ann.parse_unavailable,
-            ann.parse_duration, ann.parse_quantity)
+            ann.parse_duration, pod_checks.parse_quantity)
 _NAMES = sorted(ann.KNOWN) + [f"{o}.db" for o in ann.ROUTE_OPTIONS] + ["x.io/timeout.y"]
 
 
@@ -59,12 +59,12 @@ def one_input(data: bytes) -> None:
         annotations = {_NAMES[fdp.ConsumeIntInRange(0, len(_NAMES) - 1)]:
                        fdp.ConsumeUnicodeNoSurrogates(24) for _ in range(count)}
         try:
-            ann.validate_pod(annotations, "ns")
+            pod_checks.validate_pod(annotations, "ns")
         except ann.AnnotationError as err:
             assert err.key in annotations or err.key.startswith(ann.PREFIX)
     elif choice == 3:
         try:
-            ann.parse_downward_file(fdp.ConsumeUnicodeNoSurrogates(fdp.remaining_bytes()))
+            downward.parse_downward_file(fdp.ConsumeUnicodeNoSurrogates(fdp.remaining_bytes()))
         except ValueError as err:
             assert "line " in str(err)
     else:

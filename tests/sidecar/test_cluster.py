@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from sidecar.annotations import format_downward_file
+from sidecar.downward import format_downward_file
 from sidecar.shardfn import ordinal_for
 from sidecar.shardmap import RouteState
 from tests.cluster.controlplane import ControlPlane

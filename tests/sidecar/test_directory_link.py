@@ -13,9 +13,9 @@ from sidecar.annotations import (
     AnnotationError,
     discovery_for,
     parse_routes,
-    validate_pod,
 )
 from sidecar.discovery import PodInfo, StatefulSetInfo, snapshot
+from sidecar.pod_checks import validate_pod
 from sidecar.settings import SettingsError
 from sidecar.shardmap import ShardMap
 from tests.sidecar.harness import settings_from_args

@@ -26,7 +26,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sidecar import annotations as ann
-from sidecar import http11, keys
+from sidecar import downward, http11, keys, pod_checks
 from sidecar.errors import ProxyError
 from sidecar.settings import Settings
 from sidecar.shardfn import ordinal_for
@@ -102,7 +102,7 @@ annotation_names = st.sampled_from(sorted(ann.KNOWN) + [
     "shard.io/unknown", "example.io/timeout.db", "other.io/key.x"])
 SINGLE_VALUE_PARSERS: list[Callable[[str, str], Any]] = [
     ann.parse_bool, ann.parse_key_source, ann.parse_strategy, ann.parse_unavailable,
-    ann.parse_duration, ann.parse_quantity]
+    ann.parse_duration, pod_checks.parse_quantity]
 
 
 @FUZZ
@@ -124,7 +124,7 @@ def test_pod_annotations_parse_or_name_the_culprit(annotations: dict[str, str],
     if backend is not None:
         annotations[ann.BACKEND] = backend
     try:
-        routes = ann.validate_pod(annotations, "ns")
+        routes = pod_checks.validate_pod(annotations, "ns")
     except ann.AnnotationError as err:
         assert annotations.get(err.key) == err.value or err.key not in annotations and \
             err.value in {ann.DEFAULT_KEY, ann.DEFAULT_STRATEGY, ann.DEFAULT_UNAVAILABLE,
@@ -138,16 +138,16 @@ def test_pod_annotations_parse_or_name_the_culprit(annotations: dict[str, str],
 @given(st.text(max_size=60))
 def test_downward_file_parses_or_raises_value_error(text: str) -> None:
     try:
-        parsed = ann.parse_downward_file(text)
+        parsed = downward.parse_downward_file(text)
     except ValueError as err:
         assert "line " in str(err)
         return
-    assert ann.parse_downward_file(ann.format_downward_file(parsed)) == parsed
+    assert downward.parse_downward_file(downward.format_downward_file(parsed)) == parsed
 
 
 def test_other_vendors_annotations_are_not_ours() -> None:
     """``example.io/timeout.db`` is not ``shard.io/timeout.db`` (found by fuzzing)."""
-    routes = ann.validate_pod({ann.BACKEND: "db", "example.io/timeout.other": "x"}, "ns")
+    routes = pod_checks.validate_pod({ann.BACKEND: "db", "example.io/timeout.other": "x"}, "ns")
     assert [r.name for r in routes] == ["db"]
 
 
@@ -327,7 +327,7 @@ def test_forwarded_exactly_or_refused_with_nothing_sent(
 def test_downward_file_escape_past_unicode_names_its_line() -> None:
     """``\\U00110000`` is past U+10FFFF (found by reading what fuzzing pointed at)."""
     with pytest.raises(ValueError, match="line 2"):
-        ann.parse_downward_file('a="x"\nb="\\U00110000"\n')
+        downward.parse_downward_file('a="x"\nb="\\U00110000"\n')
 
 
 @pytest.mark.parametrize("value", ["h:²", "h:" + "9" * 5000])

@@ -401,8 +401,9 @@ def test_a_flood_of_connections_stays_under_the_memory_limit(
 
 
 def test_the_annotation_sets_the_cap_in_kubernetes_mode(tmp_path: Path) -> None:
-    from sidecar.annotations import MAX_CONNECTIONS, format_downward_file
+    from sidecar.annotations import MAX_CONNECTIONS
     from sidecar.app import Sidecar
+    from sidecar.downward import format_downward_file
     from tests.sidecar.harness import settings_from_args
 
     path = tmp_path / "annotations"

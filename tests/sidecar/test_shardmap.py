@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.annotations import format_downward_file, parse_routes
+from sidecar.annotations import parse_routes
 from sidecar.discovery import (
     PodInfo,
     Snapshot,
@@ -18,6 +18,7 @@ from sidecar.discovery import (
     snapshot,
     statefulset_info,
 )
+from sidecar.downward import format_downward_file
 from sidecar.errors import ProxyError
 from sidecar.reload import AnnotationsFile
 from sidecar.shardmap import Shard, ShardMap, resolve

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar import annotations as ann
+from sidecar import downward, pod_checks
 from sidecar.annotations import AnnotationError, Backend, KeySource
 
 
@@ -67,24 +68,24 @@ def test_per_route_option_beats_global_and_defaults_fill_in() -> None:
 def test_validate_pod_refuses_with_the_offending_annotation(
         annotations: dict[str, str], key: str, why: str) -> None:
     with pytest.raises(AnnotationError) as err:
-        ann.validate_pod(annotations, "app")
+        pod_checks.validate_pod(annotations, "app")
     assert err.value.key == key and why in str(err.value)
     assert f"'{annotations[key]}'" in str(err.value)
 
 
 def test_downward_file_round_trip_with_go_escapes() -> None:
     values = {"a": 'say "hi"\n', "shard.io/backend": "x=y:1", "b": "tab\there", "c": "日本"}
-    assert ann.parse_downward_file(ann.format_downward_file(values)) == values
+    assert downward.parse_downward_file(downward.format_downward_file(values)) == values
     # What the kubelet (Go %q) writes for a bell, a vertical tab and a raw byte escape.
-    assert ann.parse_downward_file('k="\\a\\v\\x41\\\\x41"\n') == {"k": "\a\vA\\x41"}
+    assert downward.parse_downward_file('k="\\a\\v\\x41\\\\x41"\n') == {"k": "\a\vA\\x41"}
     with pytest.raises(ValueError, match="line 1"):
-        ann.parse_downward_file("k=unquoted\n")
+        downward.parse_downward_file("k=unquoted\n")
 
 
 def test_max_connections_is_pod_wide_and_optional() -> None:
     assert ann.max_connections({}) is None
     assert ann.max_connections({ann.MAX_CONNECTIONS: "500"}) == 500
-    assert ann.validate_pod({ann.BACKEND: "s", ann.MAX_CONNECTIONS: "100000"}, "app")
+    assert pod_checks.validate_pod({ann.BACKEND: "s", ann.MAX_CONNECTIONS: "100000"}, "app")
 
 
 def test_max_connections_past_python_int_digit_limit_is_an_annotation_error() -> None:
