@@ -9,7 +9,9 @@ the host by a veth pair gives a process a real address of its own
 Rules:
 - It needs root and iproute2's ``ip``; :func:`missing` says what is absent.
 - Names carry this process's pid, and the /30 is one that no interface on the
-  machine uses yet, so test runs side by side do not clash.
+  machine uses yet, so test runs side by side do not clash. Choosing it and
+  taking it (adding the host address) happen under one machine-wide file lock:
+  without it, two runs could both find the same /30 free.
 - :func:`pod_network` always deletes the veth pair and the namespace on the
   way out, failure or not; namespaces left by a killed test run (whose pid is
   gone) are deleted by the next one.
@@ -20,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import itertools
 import json
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 
 PREFIX = "shardmesh-"  # namespaces are named shardmesh-<pid>-<n>
 POOL = ipaddress.ip_network("10.213.0.0/16")  # /30s are taken from here
+LOCK = "/run/lock/shardmesh-netns.lock"  # serialises choosing and taking a /30
 _counter = itertools.count()
 
 
@@ -104,11 +108,15 @@ def pod_network() -> Iterator[PodNetwork]:
     n = next(_counter)
     name = f"{PREFIX}{os.getpid()}-{n}"
     host_link, pod_link = f"shm{os.getpid()}h{n}", f"shm{os.getpid()}p{n}"  # <= 15 chars
-    host_ip, pod_ip = (str(a) for a in _free_subnet().hosts())
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
     try:
-        _ip("netns", "add", name)
-        _ip("link", "add", host_link, "type", "veth", "peer", "name", pod_link, "netns", name)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_link)
+        with open(LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            host_ip, pod_ip = (str(a) for a in _free_subnet().hosts())
+            _ip("netns", "add", name)
+            _ip("link", "add", host_link, "type", "veth", "peer", "name", pod_link,
+                "netns", name)
+            _ip("addr", "add", f"{host_ip}/30", "dev", host_link)
         _ip("link", "set", host_link, "up")
         _ip("-n", name, "addr", "add", f"{pod_ip}/30", "dev", pod_link)
         _ip("-n", name, "link", "set", pod_link, "up")
