@@ -115,6 +115,9 @@ class Replays(Answers):
             return
         up, routed = self.up, self.routed
         assert up is not None and routed is not None
+        if self.response_started:  # a backend breaking the rule: lost, not unprocessed
+            self.on_lost(reason, prefix=True)
+            return
         where = f"ordinal {routed.ordinal} of route '{routed.state.name}' {reason}"
         if self.resends < MAX_RESENDS and self.send_again():
             self.resends += 1

@@ -36,7 +36,8 @@ class H2Backend:
     """Ordinal ``ordinal``; in slot mode ``owners[slot]`` is each slot's owner, and a key
     of another owner's slot gets 421 with ``x-shard-epoch: epoch``."""
 
-    def __init__(self, ordinal: int, owners: list[int] | None = None, epoch: int = 0) -> None:
+    def __init__(self, ordinal: int, owners: list[int] | None = None, epoch: int = 0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self.ordinal, self.owners, self.epoch = ordinal, owners, epoch
         #: GOAWAY (once) when this many requests are whole on one connection: its last
         #: stream id is the first of them, which is answered; the others never are.
@@ -49,20 +50,20 @@ class H2Backend:
         self.answered: list[dict[str, Any]] = []
         self.whole = 0
         self.connections = 0
-        self.port = 0
+        self.host, self.port = host, port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
 
     async def _start(self) -> asyncio.base_events.Server:
-        server = await self.loop.create_server(lambda: _Conn(self), "127.0.0.1", 0)
+        server = await self.loop.create_server(lambda: _Conn(self), self.host, self.port)
         self.port = server.sockets[0].getsockname()[1]
         return server
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.server.close)
