@@ -50,7 +50,7 @@ class H2Shared:
         self.ctx = ctx
         self.pools = H2Pools(ctx.settings.connect_timeout, ctx.stats)
         #: Request bodies kept to send them again (h2replay), bounded for all streams.
-        self.replays = ReplayBudget(ctx.settings.buffer_budget)
+        self.replays = ReplayBudget(ctx.settings.buffer_budget, ctx.settings.max_json_body)
         self.fronts: set[H2Front] = set()
         self.sweeper = asyncio.get_running_loop().create_task(self.sweep())
 

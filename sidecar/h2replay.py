@@ -38,10 +38,11 @@ MAX_RESENDS: Final = 2
 
 
 class ReplayBudget:
-    """Bytes every HTTP/2 stream of a sidecar keeps to send again, bounded together."""
+    """Bytes every HTTP/2 stream of a sidecar keeps to send again: ``per_call`` for one
+    call, ``limit`` for all of them together."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, per_call: int) -> None:
+        self.limit, self.per_call = limit, per_call
         self.kept = 0
 
     def take(self, n: int) -> bool:
@@ -70,10 +71,9 @@ class Replays(Answers):
         """Keep a piece of the request body (as it came from the client)."""
         if self.replay_off or not data:
             return
-        shared = self.front.shared
+        budget = self.front.shared.replays
         n = len(data)
-        if self.replay_bytes + n > shared.ctx.settings.max_json_body or \
-                not shared.replays.take(n):
+        if self.replay_bytes + n > budget.per_call or not budget.take(n):
             self.drop_replay()
             return
         if self.replay is None:
@@ -136,7 +136,7 @@ class Replays(Answers):
         """A slot-mode 421 (never relayed): wait for its epoch and route again, or 503.
         Otherwise the response begins, and the body is no longer kept."""
         routed = self.routed
-        verdict = None if routed is None else misdirected(
+        verdict = None if routed is None or routed.slot < 0 else misdirected(
             routed, headers, not self.replay_off, self.replayed,
             self.front.shared.ctx.settings.max_json_body)
         if verdict is None:
