@@ -5,7 +5,8 @@ Design rules:
   for ordinal i is opened only on ordinal i's pool (``h2upstream``).
 - This class takes the events of both connections; the state and how a stream
   ends are in ``h2stream``, flow control in ``h2flow``, the sidecar's own
-  answers and timeouts in ``h2answers``.
+  answers and timeouts in ``h2answers``, sending a request again (a slot-mode
+  421, a stream the backend did not process) in ``h2replay``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Bridge(Replays):
             waiting, key = decision.state, decision.key
             if waiting is not None and key is not None and waiting.spec.wait_ms and \
                     decision.code in routing.WAITABLE:
+                self.held(waiting, decision.error)
                 self.task = self.loop.create_task(self.wait_for_owner(waiting, key))
                 return
             self.fail(decision.error)

@@ -30,6 +30,7 @@ from sidecar.h2slots import Misdirected, misdirected
 
 if TYPE_CHECKING:
     from sidecar.h2upstream import Stream
+    from sidecar.shardmap import RouteState
 
 log = logging.getLogger("shardmesh.sidecar.h2")
 
@@ -156,6 +157,12 @@ class Replays(Answers):
         _count(stats.slot_held, name, "epoch")
         self.task = self.loop.create_task(self.catch_up(routed, verdict))
         return True
+
+    def held(self, state: RouteState, error: ProxyError) -> None:
+        """A slot-mode call held under ``wait:<ms>``: counted as HTTP/1.1 counts it."""
+        if state.slotted:
+            _count(self.front.shared.ctx.stats.slot_held, state.name,
+                   "migrating" if error.details.get("moving") else "unavailable")
 
     async def catch_up(self, routed: routing.Routed, verdict: Misdirected) -> None:
         """Wait (within the route's timeout) for a map at the 421's epoch, then route the

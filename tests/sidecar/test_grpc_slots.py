@@ -126,6 +126,7 @@ def test_slot_errors_are_grpc_statuses(make_sidecar: Callable[..., SidecarThread
             client.join(10)
         assert results == [{"ordinal": 1, "key": key, "size": 0}]
         assert not backends[0].calls  # never sent to the old owner
+        assert waiting.sidecar.stats.slot_held == {("acct", "migrating"): 1}
     finally:
         for backend in backends:
             backend.close()
