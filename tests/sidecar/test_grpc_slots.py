@@ -255,3 +255,33 @@ def test_refused_streams_are_sent_again(make_sidecar: Callable[..., SidecarThrea
     head, _, trailers, _ = h2_call(sidecar.port, [*GRPC_HEADERS, ("x-shard-key", "r")],
                                    grpc_frame(b"1"))
     assert {**head, **trailers}["grpc-status"] == "14"
+
+
+def test_bodies_kept_to_send_again_share_one_budget(
+        make_sidecar: Callable[..., SidecarThread], h2_backends: list[H2Backend]) -> None:
+    """--buffer-budget bounds what every HTTP/2 call keeps together: with one 700 kB body
+    kept, a second one cannot be, so after the GOAWAY only the first is sent again."""
+    backend = H2Backend(0)
+    h2_backends.append(backend)
+    backend.goaway_after = 3
+    sidecar = make_sidecar("--route", f"svc={backend.address}", "--static-probe", "0",
+                           "--max-json-body", "800000", "--buffer-budget", str(1 << 20))
+    upload_of = [b"k" * 100_000] * 7
+    with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as ch:
+        first = ch.unary_unary("/shard.Echo/Unary").future(b"1", metadata=md("a"), timeout=10)
+        wait_for(lambda: backend.whole == 1)
+        upload = ch.stream_unary("/shard.Echo/ClientStream")
+        kept = upload.future(iter(upload_of), metadata=md("b"), timeout=10)
+        wait_for(lambda: backend.whole == 2)
+        err = call_error(lambda: upload(iter(upload_of), metadata=md("c"), timeout=10))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert "over the bound kept to send it again" in (err.details() or "")
+        answer = json.loads(kept.result(10))
+        assert (answer["conn"], answer["messages"]) == (1, [100_000] * 7)
+        assert json.loads(first.result(10))["conn"] == 0
+
+    def kept_bytes() -> int:
+        shared = sidecar.sidecar.ctx.h2
+        assert shared is not None
+        return shared.replays.kept
+    wait_for(lambda: sidecar.call(kept_bytes) == 0)  # all given back
