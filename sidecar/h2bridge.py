@@ -5,7 +5,8 @@ Design rules:
   for ordinal i is opened only on ordinal i's pool (``h2upstream``).
 - This class takes the events of both connections; the state and how a stream
   ends are in ``h2stream``, flow control in ``h2flow``, the sidecar's own
-  answers and timeouts in ``h2answers``.
+  answers and timeouts in ``h2answers``, sending a request again (a slot-mode
+  421, a stream the backend did not process) in ``h2replay``.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 
 from sidecar import routing
 from sidecar.errors import ProxyError
-from sidecar.h2answers import Answers
 from sidecar.h2headers import (
     Headers,
     downstream_response,
     downstream_trailers,
     grpc_timeout,
     header,
-    upstream_request,
 )
+from sidecar.h2replay import Replays
+from sidecar.h2slots import request_head
 from sidecar.h2upstream import UpstreamH2
 from sidecar.shardmap import RouteState
 
 
-class Bridge(Answers):
+class Bridge(Replays):
     """A client stream and the backend stream it is forwarded on: routing and events."""
 
     # --- the request ------------------------------------------------------------------
@@ -66,6 +67,7 @@ class Bridge(Answers):
             waiting, key = decision.state, decision.key
             if waiting is not None and key is not None and waiting.spec.wait_ms and \
                     decision.code in routing.WAITABLE:
+                self.held(waiting, decision.error)
                 self.task = self.loop.create_task(self.wait_for_owner(waiting, key))
                 return
             self.fail(decision.error)
@@ -116,6 +118,7 @@ class Bridge(Answers):
                 self.fail(ProxyError("body_too_large", f"the request body is over {limit} bytes, "
                                      f"the limit for reading {self.need.state.key}", limit=limit))
             return
+        self.keep(data)
         self.to_up.append((data, flow))
         self.push_up()
 
@@ -127,6 +130,7 @@ class Bridge(Answers):
             body, self.body, self.body_bytes, self.need = b"".join(self.body), [], 0, None
             decision = routing.route_body(need, body)
             if body:
+                self.keep(body)
                 self.to_up.append((body, 0))  # acknowledged as it was read
             self.decided(decision)
             return
@@ -144,8 +148,7 @@ class Bridge(Answers):
             return
         routed = self.routed
         assert routed is not None
-        head = upstream_request(self.headers, routed.upstream_path, routed.ordinal,
-                                routed.state.count)
+        head = request_head(self.headers, routed)
         end = self.client_ended and not self.to_up and self.request_trailers is None
         try:
             self.up_sid = conn.open(self, head, end)
@@ -170,7 +173,7 @@ class Bridge(Answers):
                              ordinal=routed.ordinal))
 
     def on_response(self, headers: Headers) -> None:
-        if self.finished:
+        if self.finished or self.redirected(headers):  # a slot-mode 421 is never relayed
             return
         self.response_started = True
         self.cancel_timer()

@@ -26,6 +26,7 @@ from h2.exceptions import H2Error
 from sidecar.errors import ProxyError
 from sidecar.h2bridge import Bridge
 from sidecar.h2headers import Headers
+from sidecar.h2replay import ReplayBudget
 from sidecar.h2stream import StreamPair
 from sidecar.h2upstream import H2Pools
 from sidecar.h2wire import MAX_CLIENT_STREAMS, new_connection
@@ -48,6 +49,8 @@ class H2Shared:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.pools = H2Pools(ctx.settings.connect_timeout, ctx.stats)
+        #: Request bodies kept to send them again (h2replay), bounded for all streams.
+        self.replays = ReplayBudget(ctx.settings.buffer_budget, ctx.settings.max_json_body)
         self.fronts: set[H2Front] = set()
         self.sweeper = asyncio.get_running_loop().create_task(self.sweep())
 

@@ -7,8 +7,9 @@ Design rules:
   only when every one is at the backend's SETTINGS_MAX_CONCURRENT_STREAMS (or
   ours, ``MAX_UPSTREAM_STREAMS``).
 - A GOAWAY from a backend drains: the streams it still serves finish on the old
-  connection, the ones past its last stream id fail as not processed, and new
-  streams open a new connection to the same ordinal.
+  connection, and new streams open a new connection to the same ordinal. The ones
+  past its last stream id, and those reset with REFUSED_STREAM, were not processed:
+  the stream is told so (``on_unprocessed``) and may send its request again.
 - Writes are coalesced: a connection that has frames to send schedules one flush
   for the end of the current event-loop turn.
 """
@@ -48,6 +49,7 @@ class Stream(Protocol):
     def on_end(self) -> None: ...
     def on_reset(self, code: int) -> None: ...
     def on_lost(self, reason: str) -> None: ...
+    def on_unprocessed(self, reason: str) -> None: ...
     def push_up(self) -> None: ...
 
 
@@ -126,7 +128,10 @@ class UpstreamH2(asyncio.Protocol):
         elif isinstance(event, ev.StreamReset):
             stream = self.streams.pop(event.stream_id or 0, None)
             if stream is not None:
-                stream.on_reset(int(event.error_code or 0))
+                if event.error_code == ErrorCodes.REFUSED_STREAM:  # not processed (RFC 9113 §8.7)
+                    stream.on_unprocessed("refused the stream (REFUSED_STREAM)")
+                else:
+                    stream.on_reset(int(event.error_code or 0))
             self.stream_done()
         elif isinstance(event, ev.WindowUpdated):
             if not event.stream_id:
@@ -142,11 +147,12 @@ class UpstreamH2(asyncio.Protocol):
             self.goaway(event.last_stream_id or 0, event.error_code)
 
     def goaway(self, last_stream_id: int, code: object) -> None:
-        """Drain: no new streams; those past ``last_stream_id`` were never processed."""
+        """Drain: no new streams; those past ``last_stream_id`` were never processed, so
+        they may be sent again (to this ordinal: the pool's next connection)."""
         self.accepting = False
         for sid in [s for s in self.streams if s > last_stream_id]:
-            self.streams.pop(sid).on_lost(f"ordinal {self.pool.ordinal} went away (GOAWAY "
-                                          f"{code}) before processing the request")
+            self.streams.pop(sid).on_unprocessed(f"went away (GOAWAY {code}) before "
+                                                 "processing the request")
         self.pool.kick()  # waiting streams now need a new connection to the same ordinal
         self.stream_done()
 

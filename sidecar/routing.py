@@ -23,6 +23,7 @@ from sidecar import keys
 from sidecar.errors import ProxyError, quote
 from sidecar.http11 import split_target
 from sidecar.shardmap import RouteState, Shard, resolve
+from sidecar.slot_state import resolve_slot
 
 #: The header naming the route when the path does not (lower case, as HTTP/2 sends it).
 ROUTE_HEADER = b"x-shard-route"
@@ -35,13 +36,15 @@ HeaderLookup = Callable[[bytes], Sequence[bytes]]
 
 @dataclass(frozen=True)
 class Routed:
-    """Send to ``ordinal`` (``shard``'s pod) of ``state``, at ``upstream_path``."""
+    """Send to ``ordinal`` (``shard``'s pod) of ``state``, at ``upstream_path``. In slot
+    mode ``slot`` is the key's slot (fenced with ``state.slotmap``); else -1."""
 
     state: RouteState
     ordinal: int
     shard: Shard
     upstream_path: bytes
     key: str
+    slot: int = -1
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,12 @@ def route_body(need: NeedBody, body: bytes) -> Decision:
 def owner(state: RouteState, key: str, upstream_path: bytes) -> Decision:
     """``key``'s owner in ``state``; a Refusal that keeps the key when it is not ready."""
     if state.slotted:
-        # Slot mode (SPEC §6) fences and replays on 421, which only the HTTP/1.1 path does
-        # yet: refused rather than routed by the default function, which could misroute.
-        return Refusal(ProxyError("not_implemented", f"route '{state.name}' is in slot mode, "
-                                  "which the sidecar routes over HTTP/1.1 only so far",
-                                  route=state.name))
+        # Slot mode (SPEC §6): the slot's owner in the newest map, as HTTP/1.1 resolves it.
+        try:
+            shard, slot, _ = resolve_slot(state, key)
+        except ProxyError as err:
+            return Refusal(err, state, key)
+        return Routed(state, shard.ordinal, shard, upstream_path, key, slot)
     try:
         ordinal, shard = resolve(state, key)
     except ProxyError as err:

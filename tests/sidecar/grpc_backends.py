@@ -2,7 +2,8 @@
 
 Each backend is ordinal i of N: it answers FAILED_PRECONDITION to any call whose
 ``x-shard-ordinal`` is not i, or whose key (``x-shard-key``) the modulo function
-does not give to i, so a misrouted call fails loudly. Methods of ``/shard.Echo/``:
+does not give to i (in slot mode: whose fencing fields are not its key's slot, or
+whose slot is not i's), so a misrouted call fails loudly. Methods of ``/shard.Echo/``:
 
 - ``Unary``: answers ``{"ordinal": i, "key": ..., "size": len(request)}``.
 - ``ServerStream``: request ``b"COUNT:SIZE[:DELAY]"``: COUNT messages of SIZE bytes.
@@ -29,8 +30,12 @@ SERVICE = "shard.Echo"
 
 
 class GrpcBackend:
-    def __init__(self, ordinal: int, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, ordinal: int, port: int = 0, host: str = "127.0.0.1",
+                 owners: list[int] | None = None) -> None:
         self.ordinal = ordinal
+        #: Slot mode: slot -> owner; a call must carry the fencing fields of its key's
+        #: slot, and that slot must be this ordinal's.
+        self.owners = owners
         self.port = port
         self.host = host
         self.calls: list[tuple[str, str]] = []
@@ -84,6 +89,12 @@ class GrpcBackend:
         told, count = md.get("x-shard-ordinal"), md.get("x-shard-count", "0")
         owner = ordinal_for(key, "modulo", int(count)) if key and count.isdigit() and \
             int(count) > 0 else None
+        if self.owners is not None:
+            slot = ordinal_for(key, "modulo", len(self.owners)) if key else -1
+            fenced = md.get("x-shard-slot") == str(slot) and "x-shard-count" not in md and \
+                md.get("x-shard-slots") == str(len(self.owners)) and \
+                (md.get("x-shard-epoch") or "").isdigit()
+            owner = self.owners[slot] if fenced else None
         if told != str(self.ordinal) or owner != self.ordinal:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"key '{key}' is not ordinal {self.ordinal}'s (x-shard-ordinal "

@@ -9,13 +9,16 @@ reached its owner, whatever the map went through.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from sidecar.shardfn import ordinal_for
+from tests.cluster.waiting import wait_for
 from tests.sidecar.grpc_backends import GrpcBackend
+from tests.sidecar.h2_backend import H2Backend
 from tests.sidecar.test_cluster import PORT, STS, Cluster, all_ready, statefulset
 from tests.sidecar.test_cluster import cluster as cluster  # noqa: F401 (the fixture)
 
@@ -108,3 +111,44 @@ def test_grpc_follows_the_statefulset_through_unready_and_scale_up(
     # The backends' own check (FAILED_PRECONDITION otherwise) held on every call they saw.
     assert all(backend.calls for backend in pods.backends.values())
     assert all(ordinal_for(key, "modulo", 4) == 3 for _, key in pods.backends[3].calls)
+
+
+def test_grpc_slot_mode_replays_a_421_once_the_statefulsets_map_reaches_its_epoch(
+        cluster: Cluster) -> None:  # noqa: F811 (the imported fixture)
+    """Slot mode from the StatefulSet's annotations: calls carry its epoch; ordinal 0
+    already handed slot 2 to ordinal 1 (epoch 2), so a call for it is refused (421) and
+    replayed to ordinal 1 once the sidecar's watch sees the map at epoch 2."""
+    owners = [0, 0, 1, 0, 1, 1, 1, 1]
+    backends = [H2Backend(o, owners, epoch=2, port=PORT,
+                          host=cluster.kubelet.ip_for(cluster.namespace, f"{STS}-{o}"))
+                for o in (0, 1)]
+    try:
+        sts = statefulset(STS, 2)
+        sts["metadata"]["annotations"] = {"shard.io/slots": "8", "shard.io/epoch": "1",
+                                          "shard.io/assignment": "0-3:0,4-7:1"}
+        cluster.apps.create_namespaced_stateful_set(cluster.namespace, sts)
+        sidecar = cluster.start_sidecar({"shard.io/backend": f"{STS}:{PORT}"})
+        cluster.wait_map(lambda s: all_ready(2)(s) and s.slotmap is not None and
+                         s.slotmap.epoch == 1, "2 ready ordinals, slot map at epoch 1")
+        keys = {ordinal_for(str(n), "modulo", 8): str(n) for n in range(200)}
+        with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            unary = channel.unary_unary("/shard.Echo/Unary")
+            for slot in (0, 5):
+                answer = json.loads(unary(b"p", metadata=[("x-shard-key", keys[slot])],
+                                          timeout=5))
+                assert (answer["ordinal"], answer["x-shard-slot"], answer["x-shard-epoch"]) == (
+                    owners[slot], str(slot), "1")
+            results: list[dict[str, object]] = []
+            client = threading.Thread(target=lambda: results.append(json.loads(unary(
+                b"p", metadata=[("x-shard-key", keys[2])], timeout=20))))
+            client.start()
+            wait_for(lambda: backends[0].misdirected == [keys[2]], "the 421", timeout=10)
+            assert not results
+            cluster.apps.patch_namespaced_stateful_set(STS, cluster.namespace, {"metadata": {
+                "annotations": {"shard.io/epoch": "2", "shard.io/assignment": "0-1:0,2-7:1"}}})
+            client.join(20)
+        assert (results[0]["ordinal"], results[0]["x-shard-epoch"]) == (1, "2")
+        assert backends[1].misdirected == []
+    finally:
+        for backend in backends:
+            backend.close()

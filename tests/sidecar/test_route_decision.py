@@ -101,10 +101,28 @@ def test_bad_path() -> None:
     assert isinstance(got, Refusal) and got.code == "bad_request"
 
 
-def test_slot_mode_routes_are_refused_not_routed_by_the_default_function() -> None:
+def test_slot_mode_routes_by_the_slot_map_not_the_default_function() -> None:
+    """Slot mode: the owner the assignment names (the default function would give
+    ordinal_for('7', 3)); a migrating slot is a Refusal that keeps the key for wait:<ms>."""
     from dataclasses import replace
 
-    slotted = replace(state("svc"), slotted=True)
+    from sidecar.slots import parse
+
+    slot = ordinal_for("7", "modulo", 8)
+    owner = 2 if ordinal_for("7", "modulo", 3) != 2 else 0
+    assignment = ",".join(f"{s}:{owner if s == slot else 1}" for s in range(8))
+    smap = parse({"shard.io/slots": "8", "shard.io/epoch": "4",
+                  "shard.io/assignment": assignment})
+    slotted = replace(state("svc"), slotted=True, slotmap=smap)
     got = decide(b"/svc/x", KEY7, routes(slotted))
-    assert isinstance(got, Refusal) and got.code == "not_implemented"
-    assert "slot mode" in got.message
+    assert isinstance(got, Routed) and (got.ordinal, got.slot) == (owner, slot)
+    assert got.shard.address == (f"10.0.0.{owner}", 80)
+    moving = parse({"shard.io/slots": "8", "shard.io/epoch": "5", "shard.io/assignment":
+                    assignment, "shard.io/migrating": f"{slot}:{owner}>1"})
+    got = decide(b"/svc/x", KEY7, routes(replace(slotted, slotmap=moving)))
+    assert isinstance(got, Refusal) and got.code == "shard_unavailable" and got.key == "7"
+    assert "is moving" in got.message
+    got = decide(b"/svc/x", KEY7, routes(replace(slotted, slotmap=None)))
+    assert isinstance(got, Refusal) and got.code == "shard_map_not_ready"
+    assert isinstance(decide(b"/svc/x", KEY7, routes(state("svc"))), Routed)  # default: -1
+    assert decide(b"/svc/x", KEY7, routes(state("svc"))).slot == -1  # type: ignore[union-attr]
