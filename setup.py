@@ -37,6 +37,10 @@ COMPILED = [
     "sidecar/exchange.py",
     "sidecar/proxy.py",
 ]
+#: Not on the request path, so plain Python: discovery, the directory stream, and
+#: ``listwatch``/``pods`` (mypyc accepts them, but the directory's informer and
+#: the sidecar's ``RouteWatch`` extend ``listwatch.StatefulSetWatch``, and an
+#: interpreted class may not inherit from a compiled one).
 
 
 def say(message: str) -> None:

@@ -5,6 +5,11 @@ mode every replica syncs one Secret holding a CA and a serving certificate for
 the Service's names, rotated before expiry; in file mode the files come from
 cert-manager. Either way the TLS context reloads the files in place, so new
 connections get the new certificate while streams keep theirs.
+
+The CA bundle (self mode: ``ca-bundle.crt`` next to the certificate, with the
+staged next CA during a rotation's overlap; file mode: ``--ca-file``) is
+followed the same way and sent to every stream when it changes
+(``directory.trust``), so running sidecars trust the next CA before it signs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from directory.auth import Auth
@@ -24,6 +30,7 @@ from directory.informer import Informer
 from directory.maps import MapKey
 from directory.server import Directory
 from directory.settings import Settings, load
+from directory.trust import Trust
 
 log = logging.getLogger("shardmesh.directory")
 
@@ -53,19 +60,21 @@ def api_client(settings: Settings) -> Any:
     return client.ApiClient(configuration)
 
 
-def certificates(settings: Settings, api: Any, stop: threading.Event) -> tuple[str, str]:
-    """The serving certificate and key files; in self mode, kept current by a thread."""
+def certificates(settings: Settings, api: Any, stop: threading.Event) -> tuple[str, str, str]:
+    """The serving certificate, key and CA bundle files; in self mode, kept current by a
+    thread (the CA rotation staged for ``ca_overlap_s`` before it signs)."""
     if settings.cert_mode == "file":
-        return settings.cert_file, settings.key_file
+        return settings.cert_file, settings.key_file, settings.ca_file
     from webhook.certstore import CertStore, run_rotation
 
     os.makedirs(settings.cert_dir, mode=0o700, exist_ok=True)
     cert_file = os.path.join(settings.cert_dir, "tls.crt")
     key_file = os.path.join(settings.cert_dir, "tls.key")
-    store = CertStore(api, settings, component="directory")
-    store.sync(cert_file, key_file)
-    run_rotation(store, cert_file, key_file, settings.cert_check_s, stop)
-    return cert_file, key_file
+    ca_file = os.path.join(settings.cert_dir, "ca-bundle.crt")
+    store = CertStore(api, settings, component="directory", ca_overlap_s=settings.ca_overlap_s)
+    store.sync(cert_file, key_file, ca_file)
+    run_rotation(store, cert_file, key_file, settings.cert_check_s, stop, ca_file)
+    return cert_file, key_file, ca_file
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -84,11 +93,15 @@ def _stamp(*paths: str) -> tuple[tuple[int, int], ...]:
 
 
 async def follow_files(context: ssl.SSLContext, cert_file: str, key_file: str,
-                       interval: float) -> None:
-    """Load a changed certificate into the live context: new handshakes use it."""
+                       interval: float, trust: Trust, trust_changed: Callable[[], None]
+                       ) -> None:
+    """Load a changed certificate into the live context: new handshakes use it. A changed
+    CA bundle goes to every stream first (the sync writes it before the certificate)."""
     seen = _stamp(cert_file, key_file)
     while True:
         await asyncio.sleep(interval)
+        if trust.reload():
+            trust_changed()
         stamp = _stamp(cert_file, key_file)
         if stamp and stamp != seen:
             try:
@@ -103,20 +116,24 @@ async def follow_files(context: ssl.SSLContext, cert_file: str, key_file: str,
 async def serve(settings: Settings) -> None:
     stop_threads = threading.Event()
     api = api_client(settings)
-    cert_file, key_file = await asyncio.to_thread(certificates, settings, api, stop_threads)
+    cert_file, key_file, ca_file = await asyncio.to_thread(certificates, settings, api,
+                                                           stop_threads)
     context = server_context(cert_file, key_file)
+    trust = Trust(ca_file)
+    trust.reload()
 
     def informer(key: MapKey, deliver: Any) -> Informer:
         return Informer(key, api, deliver)
 
     hub = Hub(informer, settings.linger_s)
     auth = Auth(api, settings.auth_cache_s, settings.deny_cache_s, settings.auth_cache_size)
-    directory = Directory(settings, hub, auth)
+    directory = Directory(settings, hub, auth, trust=trust)
     server = await asyncio.start_server(
         directory.handle, settings.host, settings.port, ssl=context, backlog=4096,
         ssl_handshake_timeout=settings.handshake_timeout_s, limit=16 * 1024)
     reload = asyncio.create_task(follow_files(context, cert_file, key_file,
-                                              min(settings.cert_check_s, 10.0)))
+                                              min(settings.cert_check_s, 10.0), trust,
+                                              directory.trust_changed))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

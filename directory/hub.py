@@ -141,6 +141,11 @@ def snapshot_line(m: DirMap, source: str, generation: int) -> bytes:
                          "map": to_wire(m)}) + b"\n"
 
 
-def heartbeat_line(source: str, generation: int, synced: bool) -> bytes:
-    return orjson.dumps({"type": "heartbeat", "source": source, "generation": generation,
-                         "synced": synced, "time": time.time()}) + b"\n"
+def heartbeat_line(source: str, generation: int, synced: bool, trust: str = "") -> bytes:
+    """A heartbeat; with ``trust`` (the CA bundle, PEM) on a stream's first line and
+    whenever the bundle changes (``directory.trust``)."""
+    doc: dict[str, Any] = {"type": "heartbeat", "source": source, "generation": generation,
+                           "synced": synced, "time": time.time()}
+    if trust:
+        doc["trust"] = trust
+    return orjson.dumps(doc) + b"\n"

@@ -2,9 +2,12 @@
 
 - ``GET /v1/watch?namespace=&statefulset=[&source=&generation=]``: a chunked
   NDJSON stream: the current snapshot (unless the caller's source and generation
-  are current), then one per change, and a heartbeat line when idle.
+  are current), then one per change, and a heartbeat line when idle. The first
+  line is a heartbeat carrying the CA bundle (``trust``), and so is the next
+  line after the bundle changes (``directory.trust``).
 - ``GET /v1/resolve?namespace=&statefulset=&key=[&strategy=]``: one key's owner.
 - ``GET /v1/maps[?namespace=]``: every map held now that the caller may read.
+- ``GET /v1/trust``: the CA bundle clients should trust (public: no token).
 - ``/healthz``, ``/readyz``, ``/metrics``: no token needed.
 
 This is the only place errors become HTTP statuses. A stream's end (the client
@@ -36,6 +39,7 @@ from directory.hub import Entry, Hub, Subscriber, heartbeat_line
 from directory.maps import MapKey
 from directory.resolve import Refusal, resolve, strategy_of
 from directory.settings import Settings
+from directory.trust import Trust
 
 log = logging.getLogger("shardmesh.directory.server")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -56,9 +60,16 @@ def map_key(query: dict[str, str]) -> MapKey:
 
 class Directory:
     def __init__(self, settings: Settings, hub: Hub, auth: Auth,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True, trust: Trust | None = None) -> None:
         self.settings, self.hub, self.auth, self.ready = settings, hub, auth, ready
+        self.trust = trust if trust is not None else Trust("")
         self.streams = 0
+
+    def trust_changed(self) -> None:
+        """Wake every stream: each sends the new CA bundle on its next line."""
+        for entry in self.hub.entries.values():
+            for subscriber in entry.subscribers:
+                subscriber.wake.set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -111,6 +122,8 @@ class Directory:
                 writer.write(json_response(200, await self.resolve(request), keep))
             elif path == "/v1/maps":
                 writer.write(json_response(200, await self.maps(request), keep))
+            elif path == "/v1/trust":
+                writer.write(json_response(200, self.trust.describe(), keep))
             else:
                 status = 404
                 writer.write(error(404, "not_found", f"no such path '{path[:100]}'", keep))
@@ -146,11 +159,12 @@ class Directory:
         metrics.SUBSCRIBERS.inc()
         try:
             writer.write(STREAM_HEAD)
+            trust = self.trust.version
+            writer.write(chunk(heartbeat_line(self.hub.source, entry.generation,
+                                              entry.map is not None, self.trust.pem)))
             if entry.map is not None and not self._current(request, entry):
                 subscriber.offer(entry.line, 0.0)  # the snapshot: not an event to time
-            elif entry.map is not None:
-                writer.write(chunk(heartbeat_line(self.hub.source, entry.generation, True)))
-            await self._pump(entry, subscriber, reader, writer)
+            await self._pump(entry, subscriber, reader, writer, trust)
         finally:
             entry.subscribers.discard(subscriber)
             self.hub.release(entry)
@@ -163,7 +177,7 @@ class Directory:
                 and request.query.get("generation") == str(entry.generation))
 
     async def _pump(self, entry: Entry, subscriber: Subscriber, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> None:
+                    writer: asyncio.StreamWriter, trust: str) -> None:
         closed = asyncio.ensure_future(reader.read(1))  # EOF (or junk): the client is gone
         try:
             while not closed.done():
@@ -174,12 +188,15 @@ class Directory:
                 if closed.done():
                     return
                 item = subscriber.take()
-                if item is None:
+                if item is None or trust != self.trust.version:
+                    send = self.trust.pem if trust != self.trust.version else ""
+                    trust = self.trust.version
                     line = heartbeat_line(self.hub.source, entry.generation,
-                                          entry.map is not None)
+                                          entry.map is not None, send)
                     writer.write(chunk(line))
                     await asyncio.wait_for(writer.drain(), self.settings.write_timeout_s)
-                    continue
+                    if item is None:
+                        continue
                 line, arrived = item
                 writer.write(chunk(line))
                 await asyncio.wait_for(writer.drain(), self.settings.write_timeout_s)
@@ -232,5 +249,6 @@ class Directory:
 
 
 def _path_label(path: str) -> str:
-    known = ("/healthz", "/readyz", "/metrics", "/v1/watch", "/v1/resolve", "/v1/maps")
+    known = ("/healthz", "/readyz", "/metrics", "/v1/watch", "/v1/resolve", "/v1/maps",
+             "/v1/trust")
     return path if path in known else "other"

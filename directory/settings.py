@@ -39,6 +39,15 @@ class Settings:
     #: Lifetime of the serving certificate and of the CA, in seconds (renewed with 1/3 left).
     cert_lifetime_s: float = 90 * 86400.0
     ca_lifetime_s: float = 3 * 365 * 86400.0
+    #: Seconds between staging the next CA (sent to every sidecar as trusted) and signing
+    #: with it. Running sidecars learn the new CA over their streams, so the overlap must
+    #: cover the longest a sidecar may stay disconnected and still be expected to follow
+    #: the rotation (a directory outage); 30 days does, and costs nothing, as the CA is
+    #: renewed with a year left. Sidecars away for longer report the CA mismatch.
+    ca_overlap_s: float = 30 * 86400.0
+    #: File mode: the CA bundle (PEM) sent to sidecars so that they follow a CA rotation
+    #: (e.g. cert-manager's ca.crt); empty: none is sent. Self mode sends its own.
+    ca_file: str = ""
     #: How often to look at the Secret and the certificate files.
     cert_check_s: float = 60.0
     #: Kubeconfig for running outside a cluster; empty means in-cluster.
@@ -83,6 +92,10 @@ class Settings:
         for name in ("linger_s", "auth_cache_s", "deny_cache_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.ca_overlap_s < self.ca_lifetime_s / 3:
+            raise ValueError(f"--ca-overlap-s is {self.ca_overlap_s:g}: expected 0 or more and "
+                             f"under a third of --ca-lifetime-s ({self.ca_lifetime_s:g}), the "
+                             "CA's lifetime left when its successor is made")
         if self.auth_cache_size < 1 or self.max_subscribers < 1:
             raise ValueError("--auth-cache-size and --max-subscribers must be at least 1")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -13,6 +13,11 @@ connect, which replica to try and what to resume from (README, "The directory").
   confirmation, until a new stream confirms it again. Nothing here ever drops
   or invents an ordinal: only the directory's own snapshots change the map.
 - A snapshot is taken only for the route's own namespace and StatefulSet.
+- Trust follows the directory's CA rotation: a line's ``trust`` (the CA bundle
+  the directory now serves under), received over a stream verified with a CA
+  the sidecar trusts, is added to the CAs it trusts for its next connections
+  (``directory_source.Trust``). A directory whose certificate no trusted CA
+  signed (the sidecar missed the rotation's whole overlap) is a ``ca_mismatch``.
 """
 
 from __future__ import annotations
@@ -144,7 +149,21 @@ def mode_for(annotated: str | None, has_directory: bool) -> str:
     return "directory" if has_directory else "direct"
 
 
-def describe(link: Link, url: str, iso: Callable[[float], str]) -> Obj:
+def trust_of(message: Obj) -> str | None:
+    """The CA bundle a line carries (PEM), if any."""
+    trust = message.get("trust")
+    return trust if isinstance(trust, str) and trust else None
+
+
+def ca_mismatch(url: str, detail: str, cas: int) -> str:
+    """Why a stream was refused at the TLS handshake: the error a stale pod reports."""
+    return (f"{url}: CA mismatch: the directory's certificate is not signed by any of the "
+            f"{cas} CA(s) this sidecar trusts ({detail}). The directory's CA was rotated "
+            "while this sidecar was not connected (it missed the whole overlap): restart "
+            "the pod to get the current CA bundle from the webhook")
+
+
+def describe(link: Link, url: str, iso: Callable[[float], str], trusted_cas: int = 0) -> Obj:
     """The route's fields in ``/_shard/routes``."""
     return {
         "discovery": "directory", "stale": stale(link),
@@ -153,5 +172,5 @@ def describe(link: Link, url: str, iso: Callable[[float], str]) -> Obj:
                       "source": link.applied[0] if link.applied else None,
                       "generation": link.applied[1] if link.applied else None,
                       "confirmed_at": iso(link.confirmed_at) if link.confirmed_at else None,
-                      "error": link.error or None},
+                      "trusted_cas": trusted_cas, "error": link.error or None},
     }

@@ -13,6 +13,10 @@ When the stream is lost it keeps the map, says it is stale (``/_shard/routes``,
 ``shardmesh_sidecar_directory_stale``) and reconnects with jittered backoff,
 resuming from the last (source, generation); decisions live in
 ``directory_link``. Everything runs on the event loop: no threads.
+
+``Trust`` holds the CAs the streams verify the directory with: the injected
+bundle plus the last bundle a verified stream sent (the directory's CA
+rotation, README "Troubleshooting"); a new one takes effect on the next connect.
 """
 
 from __future__ import annotations
@@ -49,13 +53,38 @@ def iso(wall: float) -> str:
     return datetime.datetime.fromtimestamp(wall, datetime.UTC).isoformat(timespec="seconds")
 
 
+class Trust:
+    """The CAs a sidecar verifies the directory with: injected, then learned from it."""
+
+    def __init__(self, injected: str) -> None:
+        self.injected, self.learned = injected, ""
+        self.context = client_context(injected) if injected else None
+        self.cas = len(self.context.get_ca_certs()) if self.context is not None else 0
+
+    def learn(self, bundle: str) -> None:
+        """Trust ``bundle`` too (it came over a verified stream) from the next connect."""
+        if bundle == self.learned or self.context is None:
+            return
+        try:
+            client_context(bundle)  # alone first: it must hold a certificate itself
+            context = client_context(self.injected + "\n" + bundle)
+        except (ssl.SSLError, ValueError) as err:
+            log.error("directory sent a CA bundle that does not load (%s): keeping the "
+                      "CAs trusted now", err)
+            return
+        self.learned, self.context = bundle, context
+        self.cas = len(context.get_ca_certs())
+        log.info("directory CA bundle learned: %d CA(s) trusted for the next connections",
+                 self.cas)
+
+
 class DirectoryStream:
     """One route's subscription, for as long as the route uses the directory."""
 
     def __init__(self, spec: RouteSpec, settings: Settings, shard_map: ShardMap,
-                 context: ssl.SSLContext | None, counts: dict[str, int]) -> None:
+                 trust: Trust, counts: dict[str, int]) -> None:
         self.spec, self.settings, self.map = spec, settings, shard_map
-        self.context, self.counts = context, counts
+        self.trust, self.counts = trust, counts
         self.link = dl.Link()
         self.url = settings.directory_urls[0] if settings.directory_urls else ""
         self.task: asyncio.Task[None] | None = None
@@ -80,7 +109,9 @@ class DirectoryStream:
             log.warning("route %s: directory stream lost (%s): %s%s", self.spec.name, reason,
                         why, "; serving the last map, stale" if self.link.synced else "")
             self._unsynced(f"directory: {why}")
-            cap = dl.REFUSED_CAP if reason in ("http_401", "http_403") else dl.BACKOFF_CAP
+            # A CA mismatch does not mend itself either (the pod needs the current CA).
+            cap = dl.REFUSED_CAP if reason in ("http_401", "http_403", "ca_mismatch") \
+                else dl.BACKOFF_CAP
             await asyncio.sleep(dl.backoff_delay(self.link.failures, cap, random.uniform))
 
     async def _follow(self, url: str) -> tuple[str, str]:
@@ -91,7 +122,8 @@ class DirectoryStream:
                 token = handle.read().strip()
         except (OSError, UnicodeDecodeError) as err:
             return "token", f"cannot read the service-account token {path}: {err}"
-        endpoint = Endpoint(url, token, self.context if url.startswith("https:") else None)
+        context = self.trust.context if url.startswith("https:") else None
+        endpoint = Endpoint(url, token, context)
         source, generation = dl.resume(self.link)
         timeout = dl.idle_timeout(self.settings.directory_heartbeat_seconds)
         backend = self.spec.backend
@@ -102,12 +134,15 @@ class DirectoryStream:
             async with contextlib.aclosing(lines):
                 async for message in lines:
                     if isinstance(message, dict):
-                        self._line(message)
+                        self._line(message, verified=context is not None)
             return "closed", f"{url} closed the stream"
         except DirectoryError as err:
             missing = err.body.get("missing")
             more = f" (missing: {'; '.join(map(str, missing))})" if missing else ""
             return f"http_{err.status}", f"{url}: {err}{more}"
+        except ssl.SSLCertVerificationError as err:
+            return "ca_mismatch", dl.ca_mismatch(url, err.verify_message or str(err),
+                                                 self.trust.cas)
         except TimeoutError:
             return "timeout", f"{url} sent nothing for {timeout:g}s " \
                               f"({dl.MISSED_HEARTBEATS} heartbeat intervals)"
@@ -118,8 +153,11 @@ class DirectoryStream:
             log.exception("route %s: directory stream", self.spec.name)
             return "error", f"{url}: {type(err).__name__}: {err}"
 
-    def _line(self, message: Obj) -> None:
+    def _line(self, message: Obj, verified: bool = True) -> None:
         now = time.time()
+        bundle = dl.trust_of(message)
+        if bundle is not None and verified:
+            self.trust.learn(bundle)
         if dl.confirms(self.link, message):
             self.link = dl.confirmed(self.link, self.link.applied or ("", 0), now)
             return
@@ -156,7 +194,7 @@ class DirectoryStream:
                             keep_slots=True)
 
     def describe(self) -> Obj:
-        return dl.describe(self.link, self.url, iso)
+        return dl.describe(self.link, self.url, iso, self.trust.cas)
 
 
 class Source(KubernetesSource):
@@ -169,7 +207,7 @@ class Source(KubernetesSource):
         self.modes: dict[str, str] = {}
         #: Directory streams lost, by reason (connection, timeout, closed, http_403, ...).
         self.losses: dict[str, int] = {}
-        self.context = client_context(settings.directory_ca) if settings.directory_ca else None
+        self.trust = Trust(settings.directory_ca)
 
     async def start(self) -> None:
         introspect.register(self.map, self.route_fields)
@@ -196,7 +234,7 @@ class Source(KubernetesSource):
                 continue
             self._stop_route(name)
             if modes[name] == "directory":
-                directory_stream = DirectoryStream(spec, self.settings, self.map, self.context,
+                directory_stream = DirectoryStream(spec, self.settings, self.map, self.trust,
                                                    self.losses)
                 self.streams[name] = directory_stream
                 directory_stream.start()

@@ -1,21 +1,16 @@
 """The shard map from Kubernetes: watch each route's StatefulSet and its pods.
 
 Design rules:
-- Per route, two list-then-watch loops run in daemon threads (the ``kubernetes``
-  client blocks): one on the StatefulSet (field selector ``metadata.name``), one
-  on its pods by the StatefulSet's own ``spec.selector``, started once the
-  StatefulSet is known and restarted when the selector changes. Each change
-  recomputes the route's snapshot with the pure ``snapshot`` function and hands
-  it to the event loop with ``call_soon_threadsafe``; the loop thread is the only writer of the map.
+- Per route, a ``RouteWatch`` (``sidecar.listwatch``, the list-then-watch loop
+  the directory's informer shares) follows the StatefulSet by name and its pods
+  by the StatefulSet's own selector. Each change recomputes the route's
+  snapshot with the pure ``snapshot`` function and hands it to the event loop
+  with ``call_soon_threadsafe``; the loop thread is the only writer of the map.
 - ``N = spec.replicas`` (desired), ``s = spec.ordinals.start`` (0 when absent).
   Shard i (the key function's result, 0..N-1) is the pod with ordinal s + i; it
-  is ready iff that pod exists, is owned by S, has Ready=True, has no
-  deletionTimestamp and has a pod IP. A change of s is a change of S like any
-  other: the next snapshot maps every shard to its new pod.
-- A pod's ordinal is its own: its ``apps.kubernetes.io/pod-index`` label, or the
-  number in its name where the label is absent. A pod counts only if it is
-  named ``S-<n>``, a StatefulSet named S owns it, and its label (if any) says
-  n too: a stray pod that merely looks like ``S-1`` must never receive traffic.
+  is ready iff that pod (``sidecar.pods``: its own ordinal, owned by S) is
+  ready and has a pod IP. A change of s is a change of S like any other: the
+  next snapshot maps every shard to its new pod.
 - Watch expiry (410) lists again after a jittered delay; connection errors (an
   apiserver restart) keep the last known map and resume the watch from the last
   resourceVersion (no list) after a full-jitter backoff, so a thousand sidecars
@@ -29,21 +24,25 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import random
-import re
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.annotations import RouteSpec
-from sidecar.backoff import full_jitter
+from sidecar.listwatch import (
+    BACKOFF_MAX,
+    BACKOFF_START,
+    RELIST_SPREAD,
+    Collection,
+    Obj,
+    StatefulSetWatch,
+    pod_selector,
+)
 from sidecar.metrics import Stats
+from sidecar.pods import POD_INDEX_LABEL, PodInfo, pod_info
 from sidecar.reload import AnnotationsFile
-from sidecar.selectors import label_selector
 from sidecar.settings import Settings
 from sidecar.shardmap import Shard, ShardMap
 from sidecar.slots import SlotError, SlotMap
@@ -51,18 +50,10 @@ from sidecar.slots import parse as parse_slots
 
 log = logging.getLogger("shardmesh.sidecar.discovery")
 
-#: Set by the StatefulSet controller (Kubernetes >= 1.28) to the pod's ordinal.
-POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
-#: An ordinal as the controller writes it, in names and in the label.
-_ORDINAL = r"(?:0|[1-9][0-9]*)"
-#: An API object as JSON.
-Obj = dict[str, Any]
-
-WATCH_SECONDS = 240  # server-side watch timeout; renewed from the last resourceVersion
-BACKOFF_START, BACKOFF_MAX = 0.1, 5.0  # full jitter (sidecar.backoff) within these
-#: A relist after 410 Gone waits a uniform [0, RELIST_SPREAD) s first, so the
-#: sidecars of a cluster whose watches all expired at once do not list in one burst.
-RELIST_SPREAD = 5.0
+__all__ = ["BACKOFF_MAX", "BACKOFF_START", "POD_INDEX_LABEL", "RELIST_SPREAD", "Collection",
+           "KubernetesSource", "PodInfo", "RouteWatch", "Snapshot", "StartupError",
+           "StatefulSetInfo", "api_client", "pod_info", "pod_selector", "snapshot",
+           "statefulset_info"]
 
 
 @dataclass(frozen=True)
@@ -78,14 +69,6 @@ class StatefulSetInfo:
     #: they are invalid (the sidecar then keeps its last good map).
     slots: SlotMap | None = None
     slot_error: str = ""
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    ordinal: int
-    ready: bool
-    ip: str | None
-    name: str
 
 
 def statefulset_info(sts: Obj) -> StatefulSetInfo:
@@ -116,28 +99,6 @@ def statefulset_info(sts: Obj) -> StatefulSetInfo:
     except SlotError as err:
         return StatefulSetInfo(replicas=replicas, template_port=port, start=start,
                                slot_error=str(err))
-
-
-def pod_info(pod: Obj, statefulset: str) -> PodInfo | None:
-    """The pod (JSON) as an ordinal of ``statefulset``, or None when it is not one of its pods."""
-    meta = pod.get("metadata") or {}
-    name = meta.get("name") or ""
-    match = re.fullmatch(re.escape(statefulset) + f"-({_ORDINAL})", name)
-    if match is None:
-        return None
-    index = (meta.get("labels") or {}).get(POD_INDEX_LABEL)
-    if index is not None and index != match[1]:
-        return None  # not the pod its name says: which ordinal it serves is unknown
-    owners = meta.get("ownerReferences") or []
-    if not any(o.get("kind") == "StatefulSet" and o.get("name") == statefulset for o in owners):
-        return None
-    status = pod.get("status") or {}
-    conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    ip = status.get("podIP")
-    terminating = meta.get("deletionTimestamp") is not None
-    return PodInfo(ordinal=int(match[1]), ready=ready and not terminating and bool(ip),
-                   ip=ip or None, name=name)
 
 
 @dataclass(frozen=True)
@@ -206,230 +167,23 @@ class StartupError(RuntimeError):
 Publish = Callable[[Snapshot], None]
 
 
-class Collection:
-    """GET on one collection of the API, as a list or as a watch, in plain JSON.
-
-    The client's generated API classes are not used: importing ``CoreV1Api``
-    alone costs the process about 22 MiB (measured), more than the rest of the
-    sidecar, and the models they build are not needed for four fields. The
-    ``kubernetes`` client still does the rest: configuration, authentication,
-    TLS, and ``watch.Watch`` (which calls this object as its list function).
-    """
-
-    def __init__(self, api: Any, path: str, query: list[tuple[str, str]]) -> None:
-        self.api, self.path, self.query = api, path, query
-
-    def list(self, timeout: float) -> Obj:
-        from kubernetes.client.exceptions import ApiException
-
-        response = self(_request_timeout=timeout)
-        if not 200 <= response.status <= 299:
-            raise ApiException(status=response.status, reason=response.reason)
-        document: Obj = json.loads(response.data)
-        return document
-
-    def __call__(self, **kwargs: Any) -> Any:
-        # No return annotation the watch could read: it then yields plain dicts.
-        query = list(self.query)
-        for name, param in (("watch", "watch"), ("resource_version", "resourceVersion"),
-                            ("timeout_seconds", "timeoutSeconds"),
-                            ("allow_watch_bookmarks", "allowWatchBookmarks")):
-            value = kwargs.get(name)
-            if value is not None and value is not False:
-                query.append((param, "true" if value is True else str(value)))
-        method, url, headers, body, post = self.api.param_serialize(
-            "GET", self.path, query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"])
-        response = self.api.call_api(method, url, headers, body, post,
-                                     _request_timeout=kwargs.get("_request_timeout"))
-        if kwargs.get("_preload_content", True):
-            response.read()
-            return response
-        return response.response  # the raw stream, for watch.Watch
-
-
-def _always() -> bool:
-    return True
-
-
-class RouteWatch:
-    """The two watches of one route, feeding ``publish`` with every new snapshot.
-
-    The StatefulSet is watched by name. Its pods are watched by the StatefulSet's
-    own ``spec.selector`` once it is known (a busy namespace's other pods are never
-    sent), by a loop restarted whenever the selector changes; the loop of an old
-    selector may write nothing (``valid``) and its stream is cut short."""
+class RouteWatch(StatefulSetWatch):
+    """A route's StatefulSet watch, feeding ``publish`` with every new snapshot."""
 
     def __init__(self, spec: RouteSpec, client: Any, publish: Publish, stats: Stats,
                  rand: Callable[[], float] = random.random) -> None:
-        self.spec, self.client, self.publish, self.stats = spec, client, publish, stats
-        self.rand = rand
-        self.stopped = threading.Event()
-        self.lock = threading.Lock()
-        self.sts: StatefulSetInfo | None = None
-        self.selector: str | None = None
-        self.pods: dict[str, PodInfo] = {}
-        self.listed = {"sts": False, "pods": False}
-        #: Bumped on every selector change: only the pod loop of the current one writes.
-        self.pod_loop = 0
-        self.streams: dict[str, Any] = {}
-        self.running = False  # threads only once started (tests drive the state directly)
-
-    def start(self) -> None:
-        self.running = True
-        backend = self.spec.backend
-        sts = Collection(self.client, f"/apis/apps/v1/namespaces/{backend.namespace}/statefulsets",
-                         [("fieldSelector", f"metadata.name={backend.statefulset}")])
-        threading.Thread(target=self._loop, args=("sts", sts, _always), daemon=True,
-                         name=f"watch-{self.spec.name}-sts").start()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        for kind in list(self.streams):
-            self._interrupt(kind)
-
-    def _interrupt(self, kind: str) -> None:
-        """Unblock the thread reading ``kind``'s watch (it then sees why and acts)."""
-        response = getattr(self.streams.get(kind), "_resp", None)
-        if response is not None:
-            with contextlib.suppress(Exception):  # already closed: nothing to unblock
-                response.shutdown()
-
-    def _restart_pods_locked(self) -> None:
-        """A new pod loop for ``self.selector`` (none while it is None)."""
-        self.pod_loop += 1
-        self._interrupt("pods")
-        if self.selector is None or not self.running:
-            return
-        mine = self.pod_loop
-        pods = Collection(self.client, f"/api/v1/namespaces/{self.spec.backend.namespace}/pods",
-                          [("labelSelector", self.selector)])
-        threading.Thread(target=self._loop, args=("pods", pods, lambda: self.pod_loop == mine),
-                         daemon=True, name=f"watch-{self.spec.name}-pods-{mine}").start()
-
-    # --- the list-then-watch loop (thread) ----------------------------------------
-
-    def _loop(self, kind: str, collection: Collection, valid: Callable[[], bool]) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        version: str | None = None
-        attempt, lists = 0, 0
-        while not self.stopped.is_set() and valid():
-            try:
-                if version is None:
-                    if lists and self.stopped.wait(self.rand() * RELIST_SPREAD):
-                        return  # a relist: spread over RELIST_SPREAD, not all at once
-                    listed = collection.list(timeout=30)
-                    lists += 1
-                    version = listed["metadata"]["resourceVersion"]
-                    self._replace(kind, listed.get("items") or [], valid)
-                stream = watch.Watch()  # type: ignore[no-untyped-call]
-                self.streams[kind] = stream
-                events = stream.stream(  # type: ignore[no-untyped-call]
-                    collection, resource_version=version, timeout_seconds=WATCH_SECONDS,
-                    allow_watch_bookmarks=True, _request_timeout=WATCH_SECONDS + 30)
-                for event in events:
-                    if self.stopped.is_set() or not valid():
-                        stream.stop()  # type: ignore[no-untyped-call]
-                        return
-                    obj = event["object"]
-                    version = obj["metadata"]["resourceVersion"]
-                    if event["type"] != "BOOKMARK":
-                        self._apply(kind, event["type"], obj, valid)
-                attempt = 0
-            except ApiException as err:
-                if self.stopped.is_set() or not valid():
-                    return
-                if err.status == 410:
-                    log.info("route %s: %s watch expired (410): listing again",
-                             self.spec.name, kind)
-                    self._count("expired")
-                    version = None
-                    continue
-                log.warning("route %s: %s watch: %s %s", self.spec.name, kind, err.status,
-                            err.reason)
-                self._count(f"http_{err.status}")
-                attempt = self._pause(attempt)
-            except Exception as err:  # noqa: BLE001 - connection errors of every kind
-                if self.stopped.is_set() or not valid():
-                    return  # interrupted: a new selector's loop has taken over
-                log.warning("route %s: %s watch: %s: %s", self.spec.name, kind,
-                            type(err).__name__, err)
-                self._count("connection")
-                attempt = self._pause(attempt)  # then resume from ``version``: no relist
-
-    def _pause(self, attempt: int) -> int:
-        self.stopped.wait(full_jitter(attempt, BACKOFF_START, BACKOFF_MAX, self.rand))
-        return attempt + 1
-
-    def _count(self, reason: str) -> None:
-        restarts = self.stats.watch_restarts
-        restarts[reason] = restarts.get(reason, 0) + 1  # only approximate across threads
-
-    # --- state (thread side, under the lock) ------------------------------------------
-
-    def _replace(self, kind: str, items: list[Obj], valid: Callable[[], bool] = _always
-                 ) -> None:
-        with self.lock:
-            if not valid():
-                return
-            if kind == "sts":
-                named = [s for s in items
-                         if (s.get("metadata") or {}).get("name") == self.spec.backend.statefulset]
-                self._set_sts_locked(named[0] if named else None)
-            else:
-                self.pods = {}
-                for pod in items:
-                    info = pod_info(pod, self.spec.backend.statefulset)
-                    if info is not None:
-                        self.pods[info.name] = info
-            self.listed[kind] = True
-            self._publish_locked()
-
-    def _apply(self, kind: str, event: str, obj: Obj, valid: Callable[[], bool] = _always
-               ) -> None:
-        with self.lock:
-            if not valid():
-                return
-            name = (obj.get("metadata") or {}).get("name") or ""
-            if kind == "sts":
-                if name != self.spec.backend.statefulset:
-                    return
-                self._set_sts_locked(None if event == "DELETED" else obj)
-            else:
-                info = None if event == "DELETED" else pod_info(obj, self.spec.backend.statefulset)
-                if info is None:
-                    if self.pods.pop(name, None) is None:
-                        return  # not one of ours: nothing changed
-                else:
-                    self.pods[name] = info
-            self._publish_locked()
-
-    def _set_sts_locked(self, obj: Obj | None) -> None:
-        self.sts = None if obj is None else statefulset_info(obj)
-        selector = None if obj is None else pod_selector(obj, self.spec.name)
-        if selector == self.selector and self.listed["pods"]:
-            return
-        self.selector = selector
-        # No selector (no StatefulSet): no pods, and nothing to wait for. A new one: wait
-        # for its list before publishing again (the last map stays meanwhile).
-        self.pods, self.listed["pods"] = {}, selector is None
-        self._restart_pods_locked()
+        backend = spec.backend
+        super().__init__(backend.namespace, backend.statefulset, client, f"route {spec.name}",
+                         rand)
+        self.spec, self.publish, self.stats = spec, publish, stats
 
     def _publish_locked(self) -> None:
-        if not all(self.listed.values()):
-            return
-        self.publish(snapshot(self.spec, self.sts, self.pods.values()))
+        info = None if self.sts is None else statefulset_info(self.sts)
+        self.publish(snapshot(self.spec, info, self.pods.values()))
 
-
-def pod_selector(sts: Obj, route: str) -> str | None:
-    """The StatefulSet's ``spec.selector`` as a query, None (logged) if it cannot be one."""
-    try:
-        return label_selector((sts.get("spec") or {}).get("selector"))
-    except ValueError as err:
-        log.warning("route %s: not watching pods: %s", route, err)
-        return None
+    def _failed(self, kind: str, reason: str) -> None:
+        restarts = self.stats.watch_restarts
+        restarts[reason] = restarts.get(reason, 0) + 1  # only approximate across threads
 
 
 class KubernetesSource:

@@ -10,10 +10,19 @@ Design rules:
   the CA is replaced on the same rule, and a new CA always comes with a new
   serving certificate.
 - Keys are ECDSA P-256: small, fast handshakes, supported by the API server.
+- A CA rotation can have an overlap (the directory's: its clients learn the CAs
+  to trust from the directory itself, not from the API server). Then the next
+  CA is first only *staged*: kept in the bundle's ``next_ca_*`` and added to
+  ``ca_bundle`` while the serving certificate stays signed by the current CA;
+  once the next CA is ``overlap`` old it is *promoted*: it signs a new serving
+  certificate and becomes the current CA, the old one staying in ``ca_bundle``
+  until it expires. With no overlap (the webhook: the API server's caBundle is
+  patched before anything is served) both happen in one renewal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 from collections.abc import Sequence
@@ -39,6 +48,9 @@ class CertBundle:
     cert: bytes
     key: bytes
     ca_bundle: bytes
+    #: A staged next CA (cert and key; empty when none): trusted, not yet signing.
+    next_ca_cert: bytes = b""
+    next_ca_key: bytes = b""
 
 
 def service_sans(service: str, namespace: str, extra: Sequence[str]) -> tuple[str, ...]:
@@ -142,21 +154,50 @@ def sans_of(pem: bytes) -> set[str]:
 
 
 def renewed(bundle: CertBundle, sans: Sequence[str], now: dt.datetime,
-            cert_lifetime: dt.timedelta, ca_lifetime: dt.timedelta) -> CertBundle | None:
+            cert_lifetime: dt.timedelta, ca_lifetime: dt.timedelta,
+            overlap: dt.timedelta = dt.timedelta(0)) -> CertBundle | None:
     """The bundle to store instead of ``bundle``, or None when it is still good.
 
     A new CA keeps the old one in ``ca_bundle`` (while it is valid) so that the
-    API server trusts both the serving certificate still in use by replicas
-    that have not reloaded yet and the new one.
+    API server (or the directory's clients) trusts both the serving certificate
+    still in use by replicas that have not reloaded yet and the new one. With an
+    ``overlap``, the new CA is staged first and promoted ``overlap`` later.
     """
-    ca_cert, ca_key = bundle.ca_cert, bundle.ca_key
-    new_ca_needed = near_expiry(ca_cert, now)
-    if new_ca_needed:
-        ca_cert, ca_key = new_ca(now, ca_lifetime)
-    elif not near_expiry(bundle.cert, now) and set(sans) <= sans_of(bundle.cert):
-        return None
+    if bundle.next_ca_cert and now - issued(bundle.next_ca_cert) >= overlap:
+        return promoted(bundle, sans, now, cert_lifetime)
+    result = bundle
+    if not bundle.next_ca_cert and near_expiry(bundle.ca_cert, now):
+        result = staged(bundle, now, ca_lifetime)
+        if overlap <= dt.timedelta(0):
+            return promoted(result, sans, now, cert_lifetime)
+    if not near_expiry(result.cert, now) and set(sans) <= sans_of(result.cert):
+        return None if result is bundle else result
+    cert, key = new_serving(result.ca_cert, result.ca_key, sans, now, cert_lifetime)
+    return dataclasses.replace(result, cert=cert, key=key)
+
+
+def staged(bundle: CertBundle, now: dt.datetime, ca_lifetime: dt.timedelta) -> CertBundle:
+    """``bundle`` with a new next CA, trusted (in ``ca_bundle``) but not signing yet."""
+    ca_cert, ca_key = new_ca(now, ca_lifetime)
+    return dataclasses.replace(bundle, next_ca_cert=ca_cert, next_ca_key=ca_key,
+                               ca_bundle=trust_bundle(bundle.ca_cert, bundle.ca_bundle + ca_cert,
+                                                      now))
+
+
+def promoted(bundle: CertBundle, sans: Sequence[str], now: dt.datetime,
+             cert_lifetime: dt.timedelta) -> CertBundle:
+    """The staged next CA as the current one, with a serving certificate it signed;
+    the old CA stays trusted until it expires. Raises ValueError when none is staged."""
+    if not bundle.next_ca_cert:
+        raise ValueError("no next CA is staged: nothing to promote")
+    ca_cert, ca_key = bundle.next_ca_cert, bundle.next_ca_key
     cert, key = new_serving(ca_cert, ca_key, sans, now, cert_lifetime)
     return CertBundle(ca_cert, ca_key, cert, key, trust_bundle(ca_cert, bundle.ca_bundle, now))
+
+
+def issued(pem: bytes) -> dt.datetime:
+    """When a certificate of ours was made (its notBefore is back-dated by ``BACKDATE``)."""
+    return x509.load_pem_x509_certificate(pem).not_valid_before_utc + BACKDATE
 
 
 def trust_bundle(current_ca: bytes, previous_bundle: bytes, now: dt.datetime) -> bytes:
@@ -179,20 +220,23 @@ def write_files(cert_pem: bytes, key_pem: bytes, cert_path: str, key_path: str) 
     The key goes first: a reader that sees the new certificate with the old key
     fails to load and keeps its previous context until the next look.
     """
+    changed = write_file(key_path, key_pem, 0o600)
+    return write_file(cert_path, cert_pem, 0o644) or changed
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644) -> bool:
+    """Atomically replace one file if its content differs; True when written."""
     import os
 
-    changed = False
-    for path, data, mode in ((key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)):
-        try:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    continue
-        except FileNotFoundError:
-            pass
-        tmp = f"{path}.tmp.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        changed = True
-    return changed
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    except FileNotFoundError:
+        pass
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return True

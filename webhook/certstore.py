@@ -10,7 +10,14 @@ Every replica runs the same loop (``sync``):
    use its bundle.
 3. make sure every webhook of our MutatingWebhookConfiguration carries the
    Secret's ``caBundle`` (a loser of step 2 may have patched its own in).
-4. write the serving certificate and key to files; the TLS layer reloads them.
+4. write the serving certificate and key to files; the TLS layer reloads them
+   (and, for the directory, the trust bundle it sends its clients).
+
+With ``ca_overlap_s`` (the directory's), a CA rotation takes two renewals:
+the next CA is staged (trusted in ``ca-bundle.crt``, kept in ``next-ca.*``)
+and promoted to signing ``ca_overlap_s`` later (``webhook.certs``);
+``stage_next_ca`` and ``promote_next_ca`` do either step now (tests, or an
+operator who needs a new CA early).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from webhook.logs import event
 
 FIELDS = {"ca_cert": "ca.crt", "ca_key": "ca.key", "cert": "tls.crt", "key": "tls.key",
           "ca_bundle": "ca-bundle.crt"}
+#: Present only while a next CA is staged.
+OPTIONAL_FIELDS = {"next_ca_cert": "next-ca.crt", "next_ca_key": "next-ca.key"}
 Clock = Callable[[], dt.datetime]
 
 
@@ -41,14 +50,16 @@ def utcnow() -> dt.datetime:
 
 
 def to_secret_data(bundle: CertBundle) -> dict[str, bytes | str]:
-    return {key: base64.b64encode(getattr(bundle, attr)).decode() for attr, key in FIELDS.items()}
+    fields = {**FIELDS, **{a: k for a, k in OPTIONAL_FIELDS.items() if getattr(bundle, a)}}
+    return {key: base64.b64encode(getattr(bundle, attr)).decode() for attr, key in fields.items()}
 
 
 def from_secret_data(data: Mapping[str, bytes | str] | None) -> CertBundle | None:
     """The bundle in a Secret's data, or None if a field is missing (then it is rebuilt)."""
     if not data or any(key not in data for key in FIELDS.values()):
         return None
-    return CertBundle(**{attr: base64.b64decode(data[key]) for attr, key in FIELDS.items()})
+    fields = {**FIELDS, **{a: k for a, k in OPTIONAL_FIELDS.items() if k in data}}
+    return CertBundle(**{attr: base64.b64decode(data[key]) for attr, key in fields.items()})
 
 
 class CertSettings(Protocol):
@@ -75,10 +86,12 @@ class CertStore:
     """The Secret and MutatingWebhookConfiguration side of self-managed certificates."""
 
     def __init__(self, api: client.ApiClient, settings: CertSettings, clock: Clock = utcnow,
-                 component: str = "webhook") -> None:
+                 component: str = "webhook", ca_overlap_s: float = 0.0) -> None:
         self.core = client.CoreV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
         self.settings, self.clock, self.component = settings, clock, component
+        self.ca_overlap_s = ca_overlap_s
+        self.overlap = dt.timedelta(seconds=ca_overlap_s)
         self.sans = certs.service_sans(settings.service_name, settings.injector_namespace,
                                        settings.extra_sans)
         self.cert_lifetime = dt.timedelta(seconds=settings.cert_lifetime_s)
@@ -120,7 +133,7 @@ class CertStore:
             replacement = (certs.fresh(self.sans, now, self.cert_lifetime, self.ca_lifetime)
                            if bundle is None else
                            certs.renewed(bundle, self.sans, now, self.cert_lifetime,
-                                         self.ca_lifetime))
+                                         self.ca_lifetime, self.overlap))
             if replacement is None and bundle is not None:
                 return bundle
             assert replacement is not None
@@ -156,8 +169,29 @@ class CertStore:
             raise
         event("renewed the certificates", secret=self.settings.secret_name,
               not_after=certs.not_after(bundle.cert).isoformat(),
-              ca_not_after=certs.not_after(bundle.ca_cert).isoformat())
+              ca_not_after=certs.not_after(bundle.ca_cert).isoformat(),
+              next_ca_staged=bool(bundle.next_ca_cert))
         return True
+
+    def stage_next_ca(self) -> CertBundle:
+        """Stage a next CA now (trusted, not signing yet), whatever the current CA's age."""
+        return self._step(lambda b: certs.staged(b, self.clock(), self.ca_lifetime))
+
+    def promote_next_ca(self) -> CertBundle:
+        """Make the staged next CA sign the serving certificate now, overlap or not."""
+        return self._step(lambda b: certs.promoted(b, self.sans, self.clock(),
+                                                   self.cert_lifetime))
+
+    def _step(self, change: Callable[[CertBundle], CertBundle]) -> CertBundle:
+        for _ in range(5):
+            bundle, version = self._read()
+            if bundle is None or version is None:
+                raise RuntimeError(f"Secret {self.settings.secret_name} holds no certificates "
+                                   "yet: nothing to rotate")
+            replacement = change(bundle)
+            if self._replace(replacement, version):
+                return replacement
+        raise RuntimeError(f"could not agree on Secret {self.settings.secret_name} after 5 tries")
 
     # --- the MutatingWebhookConfiguration ---------------------------------------
 
@@ -210,11 +244,16 @@ class CertStore:
         gevent the first client's connection pool belongs to the thread that used it
         (elsewhere: "Cannot switch to a different thread")."""
         api = client.ApiClient(configuration=self.core.api_client.configuration)
-        return CertStore(api, self.settings, self.clock, self.component)
+        return CertStore(api, self.settings, self.clock, self.component, self.ca_overlap_s)
 
-    def sync(self, cert_file: str, key_file: str) -> CertBundle:
+    def sync(self, cert_file: str, key_file: str, ca_file: str = "") -> CertBundle:
+        """Bring the Secret up to date and write its files. The trust bundle (``ca_file``)
+        goes before the certificate: whoever sends it on never lags the certificate."""
         bundle = self.ensure()
         self.patch_ca_bundle(bundle.ca_bundle)
+        if ca_file and certs.write_file(ca_file, bundle.ca_bundle):
+            event("wrote the CA bundle", ca_file=ca_file,
+                  cas=bundle.ca_bundle.count(b"BEGIN CERTIFICATE"))
         if certs.write_files(bundle.cert, bundle.key, cert_file, key_file):
             event("wrote the serving certificate", cert_file=cert_file,
                   not_after=certs.not_after(bundle.cert).isoformat())
@@ -222,7 +261,7 @@ class CertStore:
 
 
 def run_rotation(store: CertStore, cert_file: str, key_file: str, interval: float,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, ca_file: str = "") -> None:
     """Keep syncing every ``interval`` seconds in a daemon OS thread until ``stop`` is set.
 
     An OS thread even when gevent has patched ``threading`` (``webhook.early``):
@@ -235,7 +274,7 @@ def run_rotation(store: CertStore, cert_file: str, key_file: str, interval: floa
         own = store.in_this_thread()  # made here, in the OS thread that uses it
         while not stop.wait(interval):
             try:
-                own.sync(cert_file, key_file)
+                own.sync(cert_file, key_file, ca_file)
             except Exception as err:  # keep serving the current certificate
                 event("certificate sync failed; will retry", logging.WARNING, error=str(err))
 

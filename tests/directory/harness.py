@@ -90,6 +90,8 @@ class DirectoryProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     ca: bytes = b""
+    kubeconfig: Path | None = None
+    extra: tuple[str, ...] = ()
     ident: str = field(default_factory=lambda: secrets.token_hex(3))
 
     @property
@@ -127,13 +129,18 @@ class DirectoryProcess:
                                                 "shardmesh-directory")
 
     def start(self, *extra: str) -> DirectoryProcess:
-        kubeconfig = self.install_rbac()
-        argv = [sys.executable, "-m", "shardmesh", "directory", "--kubeconfig", str(kubeconfig),
-                "--injector-namespace", self.namespace, "--host", "127.0.0.1",
-                "--port", str(self.port), "--extra-san", "127.0.0.1",
+        self.kubeconfig = self.install_rbac()
+        self.extra = extra
+        return self.launch()
+
+    def launch(self) -> DirectoryProcess:
+        """Run the process (again, after ``stop``: the same port, flags and account)."""
+        argv = [sys.executable, "-m", "shardmesh", "directory", "--kubeconfig",
+                str(self.kubeconfig), "--injector-namespace", self.namespace,
+                "--host", "127.0.0.1", "--port", str(self.port), "--extra-san", "127.0.0.1",
                 "--cert-dir", str(self.workdir / "certs"), "--heartbeat-s", "1",
-                "--linger-s", "0", "--deny-cache-s", "0", *extra]
-        self.log = (self.workdir / "directory.log").open("wb")
+                "--linger-s", "0", "--deny-cache-s", "0", *self.extra]
+        self.log = (self.workdir / "directory.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         core = client.CoreV1Api(self.cp.api_client())
