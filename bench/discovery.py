@@ -1,12 +1,32 @@
-"""Benchmark (first step): N light subscribers of the directory, one scale event.
+"""Benchmark: discovery for N sidecars (default 1,000), directory mode vs direct mode.
 
-Not a test: it starts the test control plane (tests/cluster), a StatefulSet
-played by the simulated kubelet, and ``shardmesh directory``; opens N streams
-(default 1,000) from one asyncio process; scales the StatefulSet and times how
-long each subscriber takes to see it, from the scale call. It prints
-p50/p99/max propagation, the directory's RSS, its informers, and the watches
-open on the API server (``apiserver_longrunning_requests{verb="WATCH"}``).
-Direct mode (each sidecar its own watches) is the next step's comparison.
+Not a test. On the test control plane (tests/cluster: etcd, kube-apiserver,
+kube-controller-manager; pods made Ready by the simulated kubelet,
+tests/cluster/kubelet.py) with one StatefulSet ``bench/web``, it runs two
+phases in one process, each on a freshly started API server:
+
+- **directory**: ``shardmesh directory`` and N light subscribers speaking the
+  sidecar's protocol (``directory.client.stream``) on one uvloop loop, plus one
+  direct watch as the reference for the directory's extra hop;
+- **direct**: N copies of the sidecar's own direct-watch code
+  (``sidecar.discovery.RouteWatch``, two threads each: the StatefulSet by name,
+  its pods by selector), each with its own API client and a sidecar's
+  service-account token (``bench/discovery_fleets.py``).
+
+Per phase: clients are started (200/s) until all have a map; then a scale
+event (replicas + 1) is timed to every client, from the scale call to the
+client's first map with the new count, and a rolling restart of the pods is
+run to completion (the rollout window is from the scale call to the end of
+the restart); then the API server is restarted and the LIST requests it
+receives for pods and StatefulSets (namespace scope) are counted until they
+stop, minus those of a restart with no clients (controller-manager and the
+simulated kubelet). API-server figures come from its own ``/metrics``
+(``apiserver_longrunning_requests{verb="WATCH"}``, ``apiserver_request_total``,
+``apiserver_watch_events_total``, ``process_*``).
+
+All clients of a phase live in this one Python process, so their own parsing
+of every event is in the propagation times of both modes; on a shared 2-core
+machine expect noise (run it with ``nice``).
 
     .venv/bin/python bench/discovery.py [--subscribers 1000]
 """
@@ -14,123 +34,232 @@ Direct mode (each sidecar its own watches) is the next step's comparison.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import datetime
+import logging
+import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client  # noqa: E402
 
-from directory.client import stream  # noqa: E402
+from bench import apimetrics  # noqa: E402
+from bench.discovery_fleets import DirectFleet, DirectoryFleet, Tally, WithReference  # noqa: E402
+from bench.discovery_report import Phase, table  # noqa: E402
 from tests.cluster import binaries  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings  # noqa: E402
 from tests.cluster.kubelet import Kubelet  # noqa: E402
+from tests.cluster.waiting import wait_for  # noqa: E402
 from tests.directory.harness import DirectoryProcess, grant, token  # noqa: E402
+from tests.e2e.credentials import write_service_account_kubeconfig  # noqa: E402
+
+NS, STS = "bench", "web"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
+RELIST_QUIET_S = 10  # LIST counts unchanged this long after a restart: the relists are over
 
 
-def rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", text)
+def proc_rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(match[1]) / 1024 if match else 0.0
 
 
-def apiserver_watches(cp: ControlPlane) -> float:
-    raw = cp.kubectl("get", "--raw", "/metrics").stdout
-    total = 0.0
-    for line in raw.splitlines():
-        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def subscribers(d: DirectoryProcess, bearer: str, ns: str, n: int,
-                      scaled: asyncio.Event, seen: list[float], ready: list[int]) -> None:
-    endpoint = d.endpoint(bearer)
+@dataclass
+class Bench:
+    cp: ControlPlane
+    apps: client.AppsV1Api
+    core: client.CoreV1Api
+    kubeconfig: Path
+    workdir: Path
+    bearer: str
+    n: int
+    baseline_lists: dict[str, float] = field(default_factory=dict)
 
-    async def one() -> None:
-        while True:  # the directory's accept backlog can refuse a burst: try again
-            try:
-                async with contextlib.aclosing(stream(endpoint, ns, "web")) as messages:
-                    counted = False
-                    async for m in messages:
-                        if m["type"] != "snapshot":
-                            continue
-                        if not counted:
-                            ready.append(1)
-                            counted = True
-                        if m["map"]["replicas"] == 3:
-                            seen.append(time.monotonic())
-                            return
-            except (OSError, TimeoutError):
-                await asyncio.sleep(0.2)
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    await asyncio.gather(*(one() for _ in range(n)))
+    def replicas(self) -> int:
+        return int(self.apps.read_namespaced_stateful_set(STS, NS).spec.replicas)
+
+    def restart_and_count_lists(self) -> dict[str, float]:
+        """Restart the API server; LISTs of pods and StatefulSets it serves until they stop."""
+        began = time.monotonic()
+        self.cp.restart_apiserver()
+        counts: dict[str, float] = {}
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < RELIST_QUIET_S or time.monotonic() - began < 20:
+            time.sleep(1)
+            samples = apimetrics.scrape(self.cp)
+            now = {r: apimetrics.lists(samples, r) for r in ("pods", "statefulsets")}
+            if now != counts:
+                counts, quiet_since = now, time.monotonic()
+        return counts
+
+    def rollout(self, fleet: Tally, phase: Phase) -> None:
+        """Scale by one (timed to every client), then restart every pod, to completion."""
+        target = self.replicas() + 1
+        before = apimetrics.scrape(self.cp)
+        fleet.expect(target)
+        started = phase.scale_at = time.monotonic()
+        self.apps.patch_namespaced_stateful_set_scale(STS, NS, {"spec": {"replicas": target}})
+        wait_for(lambda: len(fleet.arrivals()) == fleet.n, f"{fleet.n} clients to see "
+                 f"{target} replicas", timeout=120, interval=0.05)
+        phase.delays = sorted(t - started for t in fleet.arrivals())
+        when = datetime.datetime.now(datetime.UTC).isoformat()
+        self.apps.patch_namespaced_stateful_set(STS, NS, {"spec": {"template": {"metadata": {
+            "annotations": {RESTARTED_AT: when}}}}})
+        wait_for(lambda: self.rolled_out(target, when), "the rolling restart", timeout=180,
+                 interval=0.2)
+        phase.rollout_s = time.monotonic() - started
+        after = apimetrics.scrape(self.cp)
+        phase.rollout_requests = apimetrics.requests(after) - apimetrics.requests(before)
+        phase.rollout_events = apimetrics.watch_events(after) - apimetrics.watch_events(before)
+        phase.api_cpu_rollout = apimetrics.cpu_seconds(after) - apimetrics.cpu_seconds(before)
+        phase.api_rss_mb = apimetrics.rss_mb(after)
+
+    def rolled_out(self, target: int, restarted_at: str | None = None) -> bool:
+        """All ``target`` pods are of the current template (restarted at ``restarted_at``),
+        Ready, and the StatefulSet controller says so too."""
+        sts = self.apps.read_namespaced_stateful_set(STS, NS)
+        s = sts.status
+        if not (s.observed_generation == sts.metadata.generation
+                and s.current_revision == s.update_revision
+                and s.updated_replicas == target and s.ready_replicas == target):
+            return False
+        pods = self.core.list_namespaced_pod(NS, label_selector=f"app={STS}").items
+        return len(pods) == target and all(
+            (p.metadata.annotations or {}).get(RESTARTED_AT) == restarted_at
+            and p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            for p in pods)
+
+    def run_phase(self, phase: Phase, start: Callable[[], Tally], stop: Callable[[], None]
+                  ) -> None:
+        before = apimetrics.scrape(self.cp)
+        phase.watches_before = apimetrics.watches(before)
+        began = time.monotonic()
+        fleet = start()
+        try:
+            wait_for(lambda: fleet.synced() == fleet.n, f"{fleet.n} clients to get a map",
+                     timeout=300, interval=0.5)
+            phase.sync_s = time.monotonic() - began
+            synced = apimetrics.scrape(self.cp)
+            phase.api_cpu_connect = (apimetrics.cpu_seconds(synced)
+                                     - apimetrics.cpu_seconds(before))
+            self.log(f"{phase.mode}: {fleet.n} clients synced in {phase.sync_s:.1f} s")
+            time.sleep(5)
+            phase.watches_open = apimetrics.watches(apimetrics.scrape(self.cp))
+            fleet.before_rollout()
+            self.rollout(fleet, phase)
+            fleet.before_restart()
+            self.log(f"{phase.mode}: rollout done in {phase.rollout_s:.1f} s; "
+                     "restarting the API server")
+            lists = self.restart_and_count_lists()
+            phase.relists = {k: v - self.baseline_lists.get(k, 0) for k, v in lists.items()}
+        finally:
+            stop()
+
+    def directory_phase(self) -> Phase:
+        phase = Phase("directory", self.n)
+        d = DirectoryProcess(self.cp, "bench-home", self.workdir).start(
+            "--heartbeat-s", "10", "--log-level", "warning")
+        assert d.proc is not None
+        pid = d.proc.pid
+        reference = DirectFleet(self.kubeconfig, NS, STS, 1)
+        fleet = DirectoryFleet(d.endpoint(self.bearer), NS, STS, self.n)
+        cpu0 = proc_cpu_s(pid)
+
+        def start() -> Tally:
+            fleet.start()
+            return WithReference(fleet, reference)
+
+        def stop() -> None:
+            phase.directory_rss_mb = proc_rss_mb(pid)
+            phase.directory_cpu_s = proc_cpu_s(pid) - cpu0
+            if reference.arrivals():
+                phase.reference_ms = (reference.arrivals()[0] - phase.scale_at) * 1000
+            fleet.stop()
+            reference.stop()  # if the phase failed before its restart
+            d.stop()
+
+        self.run_phase(phase, start, stop)
+        return phase
+
+    def direct_phase(self) -> Phase:
+        phase = Phase("direct", self.n)
+        fleet = DirectFleet(self.kubeconfig, NS, STS, self.n)
+
+        def start() -> Tally:
+            fleet.start()
+            return fleet
+
+        def stop() -> None:
+            phase.watch_restarts = fleet.restarts()
+            fleet.stop()
+
+        self.run_phase(phase, start, stop)
+        return phase
+
+
+def create_workload(cp: ControlPlane) -> client.AppsV1Api:
+    api = cp.api_client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    for ns in ("bench-home", NS):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    apps.create_namespaced_stateful_set(NS, {
+        "metadata": {"name": STS},
+        "spec": {"serviceName": STS, "replicas": 2, "podManagementPolicy": "Parallel",
+                 "selector": {"matchLabels": {"app": STS}},
+                 "template": {"metadata": {"labels": {"app": STS}}, "spec": {
+                     "containers": [{"name": "a", "image": "example.invalid/a:1",
+                                     "ports": [{"containerPort": 8080}]}]}}}})
+    return apps
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=1000)
+    ap.add_argument("--modes", default="directory,direct",
+                    help="comma-separated phases to run, in order (default: both)")
     args = ap.parse_args()
+    # A thousand watches each log their broken connection: counted instead (watch_restarts).
+    logging.getLogger("shardmesh.sidecar.discovery").setLevel(logging.CRITICAL)
     bins = binaries.locate(build_if_missing=False)
     with ControlPlane(bins, ControlPlaneSettings()) as cp, \
             tempfile.TemporaryDirectory() as tmp:
-        api = cp.api_client()
-        core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-        for ns in ("bench-home", "bench"):
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        apps = create_workload(cp)
         kubelet = Kubelet(cp)
-        kubelet.watch("bench")
-        apps.create_namespaced_stateful_set("bench", {
-            "metadata": {"name": "web"},
-            "spec": {"serviceName": "web", "replicas": 2, "podManagementPolicy": "Parallel",
-                     "selector": {"matchLabels": {"app": "web"}},
-                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
-                         "containers": [{"name": "a", "image": "example.invalid/a:1",
-                                         "ports": [{"containerPort": 8080}]}]}}}})
-        grant(api, "bench", "reader")
-        bearer = token(api, "bench", "reader")
-        d = DirectoryProcess(cp, "bench-home", Path(tmp)).start("--heartbeat-s", "10",
-                                                                 "--log-level", "warning")
-        assert d.proc is not None
-        watches_before = apiserver_watches(cp)
+        kubelet.watch(NS)
+        api = cp.api_client()
+        grant(api, NS, "reader")  # what a direct-mode sidecar's RoleBinding grants
+        bench = Bench(cp, apps, client.CoreV1Api(api), write_service_account_kubeconfig(
+            Path(tmp) / "sidecar.kubeconfig", cp.server, api, NS, "reader"),
+            Path(tmp), token(api, NS, "reader"), args.subscribers)
+        wait_for(lambda: bench.rolled_out(2), "the StatefulSet's 2 pods", timeout=60)
+        bench.log("API-server restart with no clients (the baseline of LISTs)")
+        bench.baseline_lists = bench.restart_and_count_lists()
+        phases = []
         try:
-            seen: list[float] = []
-            ready: list[int] = []
-
-            async def run() -> float:
-                scaled = asyncio.Event()
-                task = asyncio.create_task(subscribers(d, bearer, "bench", args.subscribers,
-                                                       scaled, seen, ready))
-                while len(ready) < args.subscribers:
-                    await asyncio.sleep(0.2)
-                await asyncio.sleep(1)
-                print(f"{len(ready)} subscribers have their snapshot; directory RSS "
-                      f"{rss_mb(d.proc.pid):.0f} MB; API-server watches "
-                      f"{apiserver_watches(cp):g} (before the directory: {watches_before:g})")
-                started = time.monotonic()
-                await asyncio.to_thread(apps.patch_namespaced_stateful_set_scale, "web",
-                                        "bench", {"spec": {"replicas": 3}})
-                await asyncio.wait_for(task, 60)
-                return started
-
-            import uvloop
-
-            started = uvloop.run(run())
-            delays = sorted(t - started for t in seen)
-            pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]  # noqa: E731
-            print(f"scale 2 -> 3 seen by {len(delays)} subscribers: p50 {pick(0.5) * 1000:.0f} ms,"
-                  f" p99 {pick(0.99) * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms")
-            print(f"directory RSS after: {rss_mb(d.proc.pid):.0f} MB; informers "
-                  f"{d.metric('shardmesh_directory_informers'):g}; snapshots sent "
-                  f"{d.metric('shardmesh_directory_snapshots_sent_total'):g}")
+            for mode in args.modes.split(","):
+                bench.log(f"{mode} mode: starting {args.subscribers} clients")
+                phases.append(bench.directory_phase() if mode == "directory"
+                              else bench.direct_phase())
         finally:
-            d.stop()
             kubelet.stop()
+        print()
+        print(f"baseline LISTs after an API-server restart with no clients: "
+              f"{bench.baseline_lists}")
+        print(table(phases))
     return 0
 
 

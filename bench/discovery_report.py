@@ -1,0 +1,84 @@
+"""What one phase of ``bench/discovery.py`` measured, and the table of all phases (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Phase:
+    mode: str  # "directory" or "direct"
+    subscribers: int
+    sync_s: float = 0.0
+    watches_before: float = 0.0
+    watches_open: float = 0.0
+    api_cpu_connect: float = 0.0
+    api_cpu_rollout: float = 0.0
+    api_rss_mb: float = 0.0
+    scale_at: float = 0.0
+    delays: list[float] = field(default_factory=list)  # seconds, sorted
+    rollout_s: float = 0.0
+    rollout_requests: float = 0.0
+    rollout_events: float = 0.0
+    reference_ms: float | None = None  # directory mode: one direct watch beside it
+    directory_rss_mb: float | None = None
+    directory_cpu_s: float | None = None
+    relists: dict[str, float] = field(default_factory=dict)
+    watch_restarts: dict[str, int] | None = None  # direct mode: the watches' own counts
+
+
+def percentile(delays: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of sorted ``delays``, in ms."""
+    return delays[min(len(delays) - 1, int(q * len(delays)))] * 1000
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def rows(p: Phase) -> list[tuple[str, str]]:
+    d = p.delays
+    hop = None if p.reference_ms is None or not d else percentile(d, 0.5) - p.reference_ms
+    optional = (lambda v, unit: "-" if v is None else f"{v:.0f}{unit}")  # noqa: E731
+    return [
+        ("subscribers", f"{p.subscribers}"),
+        ("all subscribers have a map after", f"{p.sync_s:.1f} s"),
+        ("API-server watches open (before the subscribers)",
+         f"{p.watches_open:g} ({p.watches_before:g})"),
+        ("  of which the subscribers' (or the directory's)",
+         f"{p.watches_open - p.watches_before:+g}"),
+        ("API-server CPU while subscribers connect", f"{p.api_cpu_connect:.1f} s"),
+        ("API-server CPU during the rollout", f"{p.api_cpu_rollout:.1f} s"),
+        ("API-server RSS after the rollout", f"{p.api_rss_mb:.0f} MB"),
+        ("rollout (scale +1, then rolling restart)", f"{p.rollout_s:.1f} s"),
+        ("API-server requests/s during the rollout",
+         f"{p.rollout_requests / max(p.rollout_s, 1e-9):.1f}"),
+        ("API-server watch events sent during the rollout", f"{p.rollout_events:g}"),
+        ("scale event seen by all: p50", _ms(percentile(d, 0.5) if d else None)),
+        ("                         p99", _ms(percentile(d, 0.99) if d else None)),
+        ("                         max", _ms(d[-1] * 1000 if d else None)),
+        ("one direct watch beside the directory", _ms(p.reference_ms)),
+        ("directory's extra hop (p50 - that watch)", _ms(hop)),
+        ("directory RSS", optional(p.directory_rss_mb, " MB")),
+        ("directory CPU over the phase", "-" if p.directory_cpu_s is None
+         else f"{p.directory_cpu_s:.1f} s"),
+        ("LISTs after an API-server restart: statefulsets",
+         f"{p.relists.get('statefulsets', 0):g}"),
+        ("                                   pods", f"{p.relists.get('pods', 0):g}"),
+        ("direct watches restarted, by reason", "-" if p.watch_restarts is None else
+         " ".join(f"{k} {v}" for k, v in sorted(p.watch_restarts.items())) or "none"),
+    ]
+
+
+def table(phases: list[Phase]) -> str:
+    """One column per phase, one row per measure."""
+    columns = [rows(p) for p in phases]
+    if not columns:
+        return ""
+    header = ["measure", *(f"{p.mode} mode" for p in phases)]
+    body = [[label, *(c[i][1] for c in columns)] for i, (label, _) in enumerate(columns[0])]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(  # noqa: E731
+        cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in body)])
