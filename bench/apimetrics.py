@@ -73,5 +73,26 @@ def rss_mb(samples: list[Sample]) -> float:
     return total(samples, "process_resident_memory_bytes") / 2**20
 
 
+def quantile_bound(before: list[Sample], after: list[Sample], name: str, q: float
+                   ) -> float | None:
+    """The upper bound (``le``) of the histogram bucket that holds the q-quantile of what
+    ``name`` observed between two scrapes; None if it observed nothing."""
+    def buckets(samples: list[Sample]) -> dict[float, float]:
+        return {float(s.labels["le"]): s.value for s in samples if s.name == name + "_bucket"}
+
+    old, new = buckets(before), buckets(after)
+    counts = sorted((le, new[le] - old.get(le, 0.0)) for le in new)
+    if not counts or counts[-1][1] <= 0:
+        return None
+    return next(le for le, n in counts if n >= q * counts[-1][1])
+
+
+def mean(before: list[Sample], after: list[Sample], name: str) -> float | None:
+    """The mean of what histogram ``name`` observed between two scrapes."""
+    count = total(after, name + "_count") - total(before, name + "_count")
+    return None if count <= 0 else (total(after, name + "_sum") - total(before, name + "_sum")) \
+        / count
+
+
 def scrape(cp: ControlPlane) -> list[Sample]:
     return parse(cp.kubectl("get", "--raw", "/metrics").stdout)

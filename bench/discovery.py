@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
-import re
 import sys
 import tempfile
 import time
@@ -52,38 +50,64 @@ from kubernetes import client  # noqa: E402
 from bench import apimetrics  # noqa: E402
 from bench.discovery_fleets import DirectFleet, DirectoryFleet, Tally, WithReference  # noqa: E402
 from bench.discovery_report import Phase, table  # noqa: E402
+from bench.discovery_setup import (  # noqa: E402
+    NS,
+    STS,
+    create_workload,
+    issue_tokens,
+    proc_cpu_s,
+    proc_rss_mb,
+    write_kubeconfigs,
+)
+from bench.kubelet_process import KubeletProcess  # noqa: E402
+from directory.client import Endpoint  # noqa: E402
 from tests.cluster import binaries  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings  # noqa: E402
-from tests.cluster.kubelet import Kubelet  # noqa: E402
 from tests.cluster.waiting import wait_for  # noqa: E402
-from tests.directory.harness import DirectoryProcess, grant, token  # noqa: E402
-from tests.e2e.credentials import write_service_account_kubeconfig  # noqa: E402
+from tests.directory.harness import DirectoryProcess  # noqa: E402
 
-NS, STS = "bench", "web"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
 RELIST_QUIET_S = 10  # LIST counts unchanged this long after a restart: the relists are over
+FANOUT = "shardmesh_directory_propagation_seconds"  # the directory's API event -> write
 
 
-def proc_rss_mb(pid: int) -> float:
-    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(match[1]) / 1024 if match else 0.0
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class DirectoryTally(WithReference):
+    """Also reads the directory's own propagation histogram around the rollout."""
+
+    def __init__(self, fleet: Tally, reference: DirectFleet, d: DirectoryProcess) -> None:
+        super().__init__(fleet, reference)
+        self.d = d
+        self.before: list[apimetrics.Sample] = []
+        self.after: list[apimetrics.Sample] = []
+
+    def scrape(self) -> list[apimetrics.Sample]:
+        return apimetrics.parse(self.d.get("/metrics")[1])
+
+    def before_rollout(self) -> None:
+        super().before_rollout()
+        self.before = self.scrape()
+
+    def before_restart(self) -> None:
+        self.after = self.scrape()
+        super().before_restart()
 
 
 @dataclass
 class Bench:
     cp: ControlPlane
-    apps: client.AppsV1Api
-    core: client.CoreV1Api
-    kubeconfig: Path
     workdir: Path
-    bearer: str
+    tokens: list[str]  # n + 1: the last is the reference watch's
+    kubeconfigs: list[Path]
     n: int
     baseline_lists: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        api = self.cp.api_client()
+        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -175,21 +199,28 @@ class Bench:
             "--heartbeat-s", "10", "--log-level", "warning")
         assert d.proc is not None
         pid = d.proc.pid
-        reference = DirectFleet(self.kubeconfig, NS, STS, 1)
-        fleet = DirectoryFleet(d.endpoint(self.bearer), NS, STS, self.n)
+        context = d.context()
+        fleet = DirectoryFleet([Endpoint(d.url, t, context) for t in self.tokens[:self.n]],
+                               NS, STS)
+        tally = DirectoryTally(fleet, DirectFleet(self.kubeconfigs[self.n:], NS, STS), d)
         cpu0 = proc_cpu_s(pid)
 
         def start() -> Tally:
             fleet.start()
-            return WithReference(fleet, reference)
+            return tally
 
         def stop() -> None:
             phase.directory_rss_mb = proc_rss_mb(pid)
             phase.directory_cpu_s = proc_cpu_s(pid) - cpu0
-            if reference.arrivals():
-                phase.reference_ms = (reference.arrivals()[0] - phase.scale_at) * 1000
+            if tally.reference.arrivals():
+                phase.reference_ms = (tally.reference.arrivals()[0] - phase.scale_at) * 1000
+            if tally.after:
+                b, a = tally.before, tally.after
+                phase.fanout_ms = (ms(apimetrics.mean(b, a, FANOUT)),
+                                   ms(apimetrics.quantile_bound(b, a, FANOUT, 0.5)),
+                                   ms(apimetrics.quantile_bound(b, a, FANOUT, 0.99)))
             fleet.stop()
-            reference.stop()  # if the phase failed before its restart
+            tally.reference.stop()  # if the phase failed before its restart
             d.stop()
 
         self.run_phase(phase, start, stop)
@@ -197,7 +228,7 @@ class Bench:
 
     def direct_phase(self) -> Phase:
         phase = Phase("direct", self.n)
-        fleet = DirectFleet(self.kubeconfig, NS, STS, self.n)
+        fleet = DirectFleet(self.kubeconfigs[:self.n], NS, STS)
 
         def start() -> Tally:
             fleet.start()
@@ -211,21 +242,6 @@ class Bench:
         return phase
 
 
-def create_workload(cp: ControlPlane) -> client.AppsV1Api:
-    api = cp.api_client()
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    for ns in ("bench-home", NS):
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    apps.create_namespaced_stateful_set(NS, {
-        "metadata": {"name": STS},
-        "spec": {"serviceName": STS, "replicas": 2, "podManagementPolicy": "Parallel",
-                 "selector": {"matchLabels": {"app": STS}},
-                 "template": {"metadata": {"labels": {"app": STS}}, "spec": {
-                     "containers": [{"name": "a", "image": "example.invalid/a:1",
-                                     "ports": [{"containerPort": 8080}]}]}}}})
-    return apps
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=1000)
@@ -236,26 +252,21 @@ def main() -> int:
     logging.getLogger("shardmesh.sidecar.discovery").setLevel(logging.CRITICAL)
     bins = binaries.locate(build_if_missing=False)
     with ControlPlane(bins, ControlPlaneSettings()) as cp, \
-            tempfile.TemporaryDirectory() as tmp:
-        apps = create_workload(cp)
-        kubelet = Kubelet(cp)
-        kubelet.watch(NS)
-        api = cp.api_client()
-        grant(api, NS, "reader")  # what a direct-mode sidecar's RoleBinding grants
-        bench = Bench(cp, apps, client.CoreV1Api(api), write_service_account_kubeconfig(
-            Path(tmp) / "sidecar.kubeconfig", cp.server, api, NS, "reader"),
-            Path(tmp), token(api, NS, "reader"), args.subscribers)
+            tempfile.TemporaryDirectory() as tmp, \
+            KubeletProcess(cp.kubeconfig, NS):
+        create_workload(cp)
+        tokens = issue_tokens(cp, args.subscribers + 1)
+        bench = Bench(cp, Path(tmp), tokens,
+                      write_kubeconfigs(cp, tokens, Path(tmp) / "clients"), args.subscribers)
         wait_for(lambda: bench.rolled_out(2), "the StatefulSet's 2 pods", timeout=60)
-        bench.log("API-server restart with no clients (the baseline of LISTs)")
+        bench.log(f"{len(tokens)} client tokens issued; restarting the API server with no "
+                  "clients (the baseline of LISTs)")
         bench.baseline_lists = bench.restart_and_count_lists()
         phases = []
-        try:
-            for mode in args.modes.split(","):
-                bench.log(f"{mode} mode: starting {args.subscribers} clients")
-                phases.append(bench.directory_phase() if mode == "directory"
-                              else bench.direct_phase())
-        finally:
-            kubelet.stop()
+        for mode in args.modes.split(","):
+            bench.log(f"{mode} mode: starting {args.subscribers} clients")
+            phases.append(bench.directory_phase() if mode == "directory"
+                          else bench.direct_phase())
         print()
         print(f"baseline LISTs after an API-server restart with no clients: "
               f"{bench.baseline_lists}")

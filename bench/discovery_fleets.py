@@ -94,13 +94,16 @@ class WithReference(Tally):
 
 
 class DirectFleet(Tally):
-    def __init__(self, kubeconfig: Path, namespace: str, statefulset: str, n: int) -> None:
-        super().__init__(n)
+    """One watcher per kubeconfig (each a token of its own, as each pod has)."""
+
+    def __init__(self, kubeconfigs: list[Path], namespace: str, statefulset: str) -> None:
+        super().__init__(len(kubeconfigs))
         spec = parse_routes({"shard.io/backend": f"{statefulset}:8080"}, namespace)[0]
-        self.stats = [Stats() for _ in range(n)]
-        self.watches = [RouteWatch(spec, api_client(Settings(kubeconfig=str(kubeconfig))),
+        self.stats = [Stats() for _ in kubeconfigs]
+        self.watches = [RouteWatch(spec, api_client(Settings(kubeconfig=str(path))),
                                    partial(self._publish, i), stats)
-                        for i, stats in enumerate(self.stats)]
+                        for i, (path, stats) in enumerate(zip(kubeconfigs, self.stats,
+                                                              strict=True))]
 
     def restarts(self) -> dict[str, int]:
         """Watch restarts of all N by reason (``expired``, ``connection``, ``http_403``...)."""
@@ -125,9 +128,11 @@ class DirectFleet(Tally):
 
 
 class DirectoryFleet(Tally):
-    def __init__(self, endpoint: Endpoint, namespace: str, statefulset: str, n: int) -> None:
-        super().__init__(n)
-        self.endpoint, self.namespace, self.statefulset = endpoint, namespace, statefulset
+    """One subscriber per endpoint (each a token of its own, as each pod has)."""
+
+    def __init__(self, endpoints: list[Endpoint], namespace: str, statefulset: str) -> None:
+        super().__init__(len(endpoints))
+        self.endpoints, self.namespace, self.statefulset = endpoints, namespace, statefulset
         import uvloop
 
         self.loop = uvloop.new_event_loop()
@@ -155,7 +160,7 @@ class DirectoryFleet(Tally):
     async def _one(self, i: int) -> None:
         while True:  # a refused or dropped connection (a burst on the backlog): again
             try:
-                async with contextlib.aclosing(stream(self.endpoint, self.namespace,
+                async with contextlib.aclosing(stream(self.endpoints[i], self.namespace,
                                                       self.statefulset)) as messages:
                     async for m in messages:
                         if m["type"] == "snapshot":

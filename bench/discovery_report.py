@@ -21,6 +21,9 @@ class Phase:
     rollout_requests: float = 0.0
     rollout_events: float = 0.0
     reference_ms: float | None = None  # directory mode: one direct watch beside it
+    #: The directory's own API event -> write to a subscriber over the rollout (its histogram):
+    #: mean, and the upper bounds of the buckets holding p50 and p99, in ms.
+    fanout_ms: tuple[float | None, float | None, float | None] | None = None
     directory_rss_mb: float | None = None
     directory_cpu_s: float | None = None
     relists: dict[str, float] = field(default_factory=dict)
@@ -51,14 +54,17 @@ def rows(p: Phase) -> list[tuple[str, str]]:
         ("API-server CPU during the rollout", f"{p.api_cpu_rollout:.1f} s"),
         ("API-server RSS after the rollout", f"{p.api_rss_mb:.0f} MB"),
         ("rollout (scale +1, then rolling restart)", f"{p.rollout_s:.1f} s"),
-        ("API-server requests/s during the rollout",
-         f"{p.rollout_requests / max(p.rollout_s, 1e-9):.1f}"),
+        ("API-server requests during the rollout (per s)",
+         f"{p.rollout_requests:g} ({p.rollout_requests / max(p.rollout_s, 1e-9):.1f})"),
         ("API-server watch events sent during the rollout", f"{p.rollout_events:g}"),
         ("scale event seen by all: p50", _ms(percentile(d, 0.5) if d else None)),
         ("                         p99", _ms(percentile(d, 0.99) if d else None)),
         ("                         max", _ms(d[-1] * 1000 if d else None)),
         ("one direct watch beside the directory", _ms(p.reference_ms)),
         ("directory's extra hop (p50 - that watch)", _ms(hop)),
+        ("the directory's own event -> write (mean, p50, p99)", "-" if p.fanout_ms is None
+         else ", ".join("-" if v is None else f"{v:.0f}" if i == 0 else f"<= {v:g}"
+                        for i, v in enumerate(p.fanout_ms)) + " ms"),
         ("directory RSS", optional(p.directory_rss_mb, " MB")),
         ("directory CPU over the phase", "-" if p.directory_cpu_s is None
          else f"{p.directory_cpu_s:.1f} s"),
