@@ -42,13 +42,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client  # noqa: E402
 
 from bench import apimetrics  # noqa: E402
-from bench.discovery_fleets import DirectFleet, DirectoryFleet, Tally, WithReference  # noqa: E402
+from bench.discovery_fleets import DirectFleet, Tally, WithReference  # noqa: E402
 from bench.discovery_report import Phase, table  # noqa: E402
 from bench.discovery_setup import (  # noqa: E402
     NS,
@@ -59,8 +60,8 @@ from bench.discovery_setup import (  # noqa: E402
     proc_rss_mb,
     write_kubeconfigs,
 )
+from bench.fleet_process import FleetProcess  # noqa: E402
 from bench.kubelet_process import KubeletProcess  # noqa: E402
-from directory.client import Endpoint  # noqa: E402
 from tests.cluster import binaries  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings  # noqa: E402
 from tests.cluster.waiting import wait_for  # noqa: E402
@@ -69,6 +70,7 @@ from tests.directory.harness import DirectoryProcess  # noqa: E402
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
 RELIST_QUIET_S = 10  # LIST counts unchanged this long after a restart: the relists are over
 FANOUT = "shardmesh_directory_propagation_seconds"  # the directory's API event -> write
+T = TypeVar("T", bound=Tally)
 
 
 def ms(seconds: float | None) -> float | None:
@@ -167,8 +169,9 @@ class Bench:
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
             for p in pods)
 
-    def run_phase(self, phase: Phase, start: Callable[[], Tally], stop: Callable[[], None]
+    def run_phase(self, phase: Phase, start: Callable[[], T], stop: Callable[[T], None]
                   ) -> None:
+        """Start the clients, time their sync, the rollout, the relists after a restart."""
         before = apimetrics.scrape(self.cp)
         phase.watches_before = apimetrics.watches(before)
         began = time.monotonic()
@@ -176,7 +179,7 @@ class Bench:
         try:
             wait_for(lambda: fleet.synced() == fleet.n, f"{fleet.n} clients to get a map",
                      timeout=300, interval=0.5)
-            phase.sync_s = time.monotonic() - began
+            phase.sync_s = time.monotonic() - (fleet.start_time() or began)
             synced = apimetrics.scrape(self.cp)
             phase.api_cpu_connect = (apimetrics.cpu_seconds(synced)
                                      - apimetrics.cpu_seconds(before))
@@ -191,25 +194,22 @@ class Bench:
             lists = self.restart_and_count_lists()
             phase.relists = {k: v - self.baseline_lists.get(k, 0) for k, v in lists.items()}
         finally:
-            stop()
+            stop(fleet)
 
     def directory_phase(self) -> Phase:
         phase = Phase("directory", self.n)
         d = DirectoryProcess(self.cp, "bench-home", self.workdir).start(
             "--heartbeat-s", "10", "--log-level", "warning")
         assert d.proc is not None
-        pid = d.proc.pid
-        context = d.context()
-        fleet = DirectoryFleet([Endpoint(d.url, t, context) for t in self.tokens[:self.n]],
-                               NS, STS)
-        tally = DirectoryTally(fleet, DirectFleet(self.kubeconfigs[self.n:], NS, STS), d)
-        cpu0 = proc_cpu_s(pid)
+        pid, cpu0 = d.proc.pid, proc_cpu_s(d.proc.pid)
 
-        def start() -> Tally:
-            fleet.start()
-            return tally
+        def start() -> DirectoryTally:
+            fleet = FleetProcess({"mode": "directory", "url": d.url, "ca": d.ca.decode(),
+                                  "tokens": self.tokens[:self.n], "namespace": NS,
+                                  "statefulset": STS}, self.workdir)
+            return DirectoryTally(fleet, DirectFleet(self.kubeconfigs[self.n:], NS, STS), d)
 
-        def stop() -> None:
+        def stop(tally: DirectoryTally) -> None:
             phase.directory_rss_mb = proc_rss_mb(pid)
             phase.directory_cpu_s = proc_cpu_s(pid) - cpu0
             if tally.reference.arrivals():
@@ -219,22 +219,24 @@ class Bench:
                 phase.fanout_ms = (ms(apimetrics.mean(b, a, FANOUT)),
                                    ms(apimetrics.quantile_bound(b, a, FANOUT, 0.5)),
                                    ms(apimetrics.quantile_bound(b, a, FANOUT, 0.99)))
-            fleet.stop()
+            tally.fleet.stop()
             tally.reference.stop()  # if the phase failed before its restart
-            d.stop()
 
-        self.run_phase(phase, start, stop)
+        try:
+            self.run_phase(phase, start, stop)
+        finally:
+            d.stop()
         return phase
 
     def direct_phase(self) -> Phase:
         phase = Phase("direct", self.n)
-        fleet = DirectFleet(self.kubeconfigs[:self.n], NS, STS)
 
-        def start() -> Tally:
-            fleet.start()
-            return fleet
+        def start() -> FleetProcess:
+            return FleetProcess({"mode": "direct", "namespace": NS, "statefulset": STS,
+                                 "kubeconfigs": [str(p) for p in self.kubeconfigs[:self.n]]},
+                                self.workdir)
 
-        def stop() -> None:
+        def stop(fleet: FleetProcess) -> None:
             phase.watch_restarts = fleet.restarts()
             fleet.stop()
 

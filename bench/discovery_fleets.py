@@ -1,4 +1,5 @@
-"""Many light discovery clients in one process, for ``bench/discovery.py``.
+"""Many light discovery clients in one process, for ``bench/discovery.py``
+(which runs each fleet in a child process: ``bench/fleet_process.py``).
 
 - ``DirectFleet``: N direct-mode sidecars' discovery, each the sidecar's own
   ``sidecar.discovery.RouteWatch`` (the narrow list+watch of the StatefulSet by
@@ -40,6 +41,10 @@ class Tally:
         self.replicas: list[int] = [-1] * n
         self.seen: list[float | None] = [None] * n
         self.target: int | None = None
+        self.began: float | None = None  # when the first client was started
+
+    def start_time(self) -> float | None:
+        return self.began
 
     def note(self, i: int, replicas: int) -> None:
         self.replicas[i] = replicas
@@ -89,6 +94,9 @@ class WithReference(Tally):
     def synced(self) -> int:
         return self.fleet.synced()
 
+    def start_time(self) -> float | None:
+        return self.fleet.start_time()
+
     def arrivals(self) -> list[float]:
         return self.fleet.arrivals() if self.reference.arrivals() else []
 
@@ -117,6 +125,7 @@ class DirectFleet(Tally):
         self.note(i, shot.count)
 
     def start(self) -> None:
+        self.began = time.monotonic()
         for i, watch in enumerate(self.watches):
             watch.start()
             if i % 20 == 19:
@@ -140,6 +149,7 @@ class DirectoryFleet(Tally):
         self.thread = threading.Thread(target=self._run, daemon=True, name="directory-fleet")
 
     def start(self) -> None:
+        self.began = time.monotonic()
         self.thread.start()
 
     def stop(self) -> None:
