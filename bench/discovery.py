@@ -71,6 +71,7 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout rest
 RELIST_QUIET_S = 10  # LIST counts unchanged this long after a restart: the relists are over
 FANOUT = "shardmesh_directory_propagation_seconds"  # the directory's API event -> write
 T = TypeVar("T", bound=Tally)
+CAUGHT_UP_S = 3  # no client got a new map for this long: the fleet has caught up
 
 
 def ms(seconds: float | None) -> float | None:
@@ -117,24 +118,27 @@ class Bench:
     def replicas(self) -> int:
         return int(self.apps.read_namespaced_stateful_set(STS, NS).spec.replicas)
 
-    def restart_and_count_lists(self) -> dict[str, float]:
-        """Restart the API server; LISTs of pods and StatefulSets it serves until they stop."""
+    def restart_and_count_lists(self, fleet: Tally | None = None) -> dict[str, float]:
+        """Restart the API server; LISTs of pods and StatefulSets it serves until they, and
+        the clients' watch restarts, have stopped changing for RELIST_QUIET_S."""
         began = time.monotonic()
         self.cp.restart_apiserver()
-        counts: dict[str, float] = {}
+        seen: object = None
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < RELIST_QUIET_S or time.monotonic() - began < 20:
             time.sleep(1)
             samples = apimetrics.scrape(self.cp)
-            now = {r: apimetrics.lists(samples, r) for r in ("pods", "statefulsets")}
-            if now != counts:
-                counts, quiet_since = now, time.monotonic()
+            counts = {r: apimetrics.lists(samples, r) for r in ("pods", "statefulsets")}
+            now = (counts, fleet.restarts() if fleet else None)
+            if now != seen:
+                seen, quiet_since = now, time.monotonic()
         return counts
 
     def rollout(self, fleet: Tally, phase: Phase) -> None:
         """Scale by one (timed to every client), then restart every pod, to completion."""
         target = self.replicas() + 1
         before = apimetrics.scrape(self.cp)
+        cpu0 = fleet.cpu_s()
         fleet.expect(target)
         started = phase.scale_at = time.monotonic()
         self.apps.patch_namespaced_stateful_set_scale(STS, NS, {"spec": {"replicas": target}})
@@ -147,6 +151,12 @@ class Bench:
         wait_for(lambda: self.rolled_out(target, when), "the rolling restart", timeout=180,
                  interval=0.2)
         phase.rollout_s = time.monotonic() - started
+        # A client still busy with the rollout's events would meet the restart late.
+        wait_for(lambda: time.monotonic() - fleet.last_news() >= CAUGHT_UP_S,
+                 "the clients to have every map of the rollout", timeout=300, interval=0.5)
+        phase.caught_up_s = fleet.last_news() - started
+        cpu = fleet.cpu_s()
+        phase.client_cpu_s = None if cpu is None or cpu0 is None else cpu - cpu0
         after = apimetrics.scrape(self.cp)
         phase.rollout_requests = apimetrics.requests(after) - apimetrics.requests(before)
         phase.rollout_events = apimetrics.watch_events(after) - apimetrics.watch_events(before)
@@ -191,7 +201,7 @@ class Bench:
             fleet.before_restart()
             self.log(f"{phase.mode}: rollout done in {phase.rollout_s:.1f} s; "
                      "restarting the API server")
-            lists = self.restart_and_count_lists()
+            lists = self.restart_and_count_lists(fleet)
             phase.relists = {k: v - self.baseline_lists.get(k, 0) for k, v in lists.items()}
         finally:
             stop(fleet)

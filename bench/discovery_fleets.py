@@ -42,12 +42,25 @@ class Tally:
         self.seen: list[float | None] = [None] * n
         self.target: int | None = None
         self.began: float | None = None  # when the first client was started
+        self.last_note = 0.0  # when any client last received a map
+
+    def last_news(self) -> float:
+        return self.last_note
+
+    def restarts(self) -> dict[str, int]:
+        """Watch restarts by reason (direct mode only)."""
+        return {}
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds the clients' process has used (when it is a process of their own)."""
+        return None
 
     def start_time(self) -> float | None:
         return self.began
 
     def note(self, i: int, replicas: int) -> None:
         self.replicas[i] = replicas
+        self.last_note = time.monotonic()
         if replicas == self.target and self.seen[i] is None:
             self.seen[i] = time.monotonic()
 
@@ -96,6 +109,12 @@ class WithReference(Tally):
 
     def start_time(self) -> float | None:
         return self.fleet.start_time()
+
+    def last_news(self) -> float:
+        return self.fleet.last_news()
+
+    def cpu_s(self) -> float | None:
+        return self.fleet.cpu_s()
 
     def arrivals(self) -> list[float]:
         return self.fleet.arrivals() if self.reference.arrivals() else []

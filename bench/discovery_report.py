@@ -18,6 +18,8 @@ class Phase:
     scale_at: float = 0.0
     delays: list[float] = field(default_factory=list)  # seconds, sorted
     rollout_s: float = 0.0
+    caught_up_s: float = 0.0  # from the scale call to the last map any client received
+    client_cpu_s: float | None = None  # the clients' process, scale call to caught up
     rollout_requests: float = 0.0
     rollout_events: float = 0.0
     reference_ms: float | None = None  # directory mode: one direct watch beside it
@@ -54,6 +56,9 @@ def rows(p: Phase) -> list[tuple[str, str]]:
         ("API-server CPU during the rollout", f"{p.api_cpu_rollout:.1f} s"),
         ("API-server RSS after the rollout", f"{p.api_rss_mb:.0f} MB"),
         ("rollout (scale +1, then rolling restart)", f"{p.rollout_s:.1f} s"),
+        ("the last client has the rollout's last map after", f"{p.caught_up_s:.1f} s"),
+        ("CPU of the clients' process until then", "-" if p.client_cpu_s is None
+         else f"{p.client_cpu_s:.1f} s"),
         ("API-server requests during the rollout (per s)",
          f"{p.rollout_requests:g} ({p.rollout_requests / max(p.rollout_s, 1e-9):.1f})"),
         ("API-server watch events sent during the rollout", f"{p.rollout_events:g}"),

@@ -3,7 +3,8 @@
 Two thousand watch threads share one GIL: in the bench's own process they
 would slow the bench's polling of the API server, and so every duration it
 times. Here the fleet runs in a child; the parent sends one command per line
-on its stdin (``began``, ``synced``, ``expect N``, ``arrivals``, ``restarts``, ``stop``)
+on its stdin (``began``, ``synced``, ``expect N``, ``arrivals``, ``last``,
+``restarts``, ``stop``)
 and reads one JSON answer per line. Arrival times are ``time.monotonic()``,
 one clock for every process on Linux, so the parent compares them with its own.
 
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.discovery_fleets import DirectFleet, DirectoryFleet, Tally  # noqa: E402
+from bench.discovery_setup import proc_cpu_s  # noqa: E402
 from tests.cluster.processes import tail  # noqa: E402
 
 
@@ -71,6 +73,12 @@ class FleetProcess(Tally):
     def restarts(self) -> dict[str, int]:
         return dict(self.ask("restarts"))
 
+    def last_news(self) -> float:
+        return float(self.ask("last"))
+
+    def cpu_s(self) -> float | None:
+        return proc_cpu_s(self.proc.pid)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.ask("stop")
@@ -90,7 +98,9 @@ def serve(fleet: DirectFleet | DirectoryFleet, commands: IO[str], answers: IO[st
         elif command == "arrivals":
             answer = fleet.arrivals()
         elif command == "restarts":
-            answer = fleet.restarts() if isinstance(fleet, DirectFleet) else {}
+            answer = fleet.restarts()
+        elif command == "last":
+            answer = fleet.last_news()
         elif command == "stop":
             fleet.stop()
         else:
