@@ -60,7 +60,7 @@ from bench.discovery_setup import (  # noqa: E402
     proc_rss_mb,
     write_kubeconfigs,
 )
-from bench.fleet_process import FleetProcess  # noqa: E402
+from bench.fleet_process import FleetProcess, Fleets  # noqa: E402
 from bench.kubelet_process import KubeletProcess  # noqa: E402
 from tests.cluster import binaries  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings  # noqa: E402
@@ -106,6 +106,7 @@ class Bench:
     tokens: list[str]  # n + 1: the last is the reference watch's
     kubeconfigs: list[Path]
     n: int
+    direct_processes: int
     baseline_lists: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -241,12 +242,14 @@ class Bench:
     def direct_phase(self) -> Phase:
         phase = Phase("direct", self.n)
 
-        def start() -> FleetProcess:
-            return FleetProcess({"mode": "direct", "namespace": NS, "statefulset": STS,
-                                 "kubeconfigs": [str(p) for p in self.kubeconfigs[:self.n]]},
-                                self.workdir)
+        def start() -> Fleets:
+            paths = [str(p) for p in self.kubeconfigs[:self.n]]
+            k = self.direct_processes
+            return Fleets([FleetProcess({"mode": "direct", "namespace": NS, "statefulset": STS,
+                                         "part": i, "kubeconfigs": paths[i::k]}, self.workdir)
+                           for i in range(min(k, self.n))])
 
-        def stop(fleet: FleetProcess) -> None:
+        def stop(fleet: Fleets) -> None:
             phase.watch_restarts = fleet.restarts()
             fleet.stop()
 
@@ -257,6 +260,8 @@ class Bench:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=1000)
+    ap.add_argument("--direct-processes", type=int, default=8,
+                    help="processes the direct-mode watchers are split over (default 8)")
     ap.add_argument("--modes", default="directory,direct",
                     help="comma-separated phases to run, in order (default: both)")
     args = ap.parse_args()
@@ -269,7 +274,8 @@ def main() -> int:
         create_workload(cp)
         tokens = issue_tokens(cp, args.subscribers + 1)
         bench = Bench(cp, Path(tmp), tokens,
-                      write_kubeconfigs(cp, tokens, Path(tmp) / "clients"), args.subscribers)
+                      write_kubeconfigs(cp, tokens, Path(tmp) / "clients"), args.subscribers,
+                      args.direct_processes)
         wait_for(lambda: bench.rolled_out(2), "the StatefulSet's 2 pods", timeout=60)
         bench.log(f"{len(tokens)} client tokens issued; restarting the API server with no "
                   "clients (the baseline of LISTs)")

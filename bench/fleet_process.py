@@ -36,9 +36,10 @@ class FleetProcess(Tally):
     def __init__(self, spec: dict[str, Any], workdir: Path) -> None:
         n = len(spec["kubeconfigs"] if spec["mode"] == "direct" else spec["tokens"])
         super().__init__(n)
-        path = workdir / f"fleet-{spec['mode']}.json"
+        name = f"fleet-{spec['mode']}-{spec.get('part', 0)}"
+        path = workdir / f"{name}.json"
         path.write_text(json.dumps(spec))
-        self.log = workdir / f"fleet-{spec['mode']}.log"
+        self.log = workdir / f"{name}.log"
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen([sys.executable, __file__, str(path)], cwd=REPO,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -83,6 +84,46 @@ class FleetProcess(Tally):
         if self.proc.poll() is None:
             self.ask("stop")
             self.proc.wait(30)
+
+
+class Fleets(Tally):
+    """Several FleetProcesses as one (a thousand direct watchers split over a few
+    processes, as they are split over pods in a cluster: fewer threads per GIL)."""
+
+    def __init__(self, fleets: list[FleetProcess]) -> None:
+        super().__init__(sum(f.n for f in fleets))
+        self.fleets = fleets
+
+    def synced(self) -> int:
+        return sum(f.synced() for f in self.fleets)
+
+    def start_time(self) -> float | None:
+        times = [t for f in self.fleets if (t := f.start_time()) is not None]
+        return min(times, default=None)
+
+    def expect(self, replicas: int) -> None:
+        for f in self.fleets:
+            f.expect(replicas)
+
+    def arrivals(self) -> list[float]:
+        return [t for f in self.fleets for t in f.arrivals()]
+
+    def last_news(self) -> float:
+        return max(f.last_news() for f in self.fleets)
+
+    def restarts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for f in self.fleets:
+            for reason, count in f.restarts().items():
+                total[reason] = total.get(reason, 0) + count
+        return total
+
+    def cpu_s(self) -> float | None:
+        return sum(f.cpu_s() or 0.0 for f in self.fleets)
+
+    def stop(self) -> None:
+        for f in self.fleets:
+            f.stop()
 
 
 def serve(fleet: DirectFleet | DirectoryFleet, commands: IO[str], answers: IO[str]) -> None:
