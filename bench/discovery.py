@@ -1,34 +1,40 @@
 """Benchmark: discovery for N sidecars (default 1,000), directory mode vs direct mode.
 
 Not a test. On the test control plane (tests/cluster: etcd, kube-apiserver,
-kube-controller-manager; pods made Ready by the simulated kubelet,
-tests/cluster/kubelet.py) with one StatefulSet ``bench/web``, it runs two
-phases in one process, each on a freshly started API server:
+kube-controller-manager; pods made Running and Ready by the simulated kubelet,
+tests/cluster/kubelet.py, in a process of its own) with one StatefulSet
+``bench/web``, it runs two phases, each on a freshly started API server:
 
 - **directory**: ``shardmesh directory`` and N light subscribers speaking the
-  sidecar's protocol (``directory.client.stream``) on one uvloop loop, plus one
-  direct watch as the reference for the directory's extra hop;
-- **direct**: N copies of the sidecar's own direct-watch code
-  (``sidecar.discovery.RouteWatch``, two threads each: the StatefulSet by name,
-  its pods by selector), each with its own API client and a sidecar's
-  service-account token (``bench/discovery_fleets.py``).
+  sidecar's protocol (``directory.client.stream``) on one uvloop loop in one
+  client process, plus one direct watch beside them during the rollout, the
+  reference for the directory's extra hop;
+- **direct**: N copies of the sidecar's own direct-watch code, not a stand-in:
+  ``sidecar.discovery.RouteWatch`` (two threads each: the StatefulSet by name
+  with ``fieldSelector=metadata.name=web``, its pods by the StatefulSet's
+  ``spec.selector``; its backoff and relist spread), each with its own API
+  client, split over ``--direct-processes`` client processes.
 
-Per phase: clients are started (200/s) until all have a map; then a scale
-event (replicas + 1) is timed to every client, from the scale call to the
-client's first map with the new count, and a rolling restart of the pods is
-run to completion (the rollout window is from the scale call to the end of
-the restart); then the API server is restarted and the LIST requests it
-receives for pods and StatefulSets (namespace scope) are counted until they
-stop, minus those of a restart with no clients (controller-manager and the
-simulated kubelet). API-server figures come from its own ``/metrics``
-(``apiserver_longrunning_requests{verb="WATCH"}``, ``apiserver_request_total``,
-``apiserver_watch_events_total``, ``process_*``).
+Every client logs in with a token of its own (a TokenRequest each, as every
+pod has), so the API server (direct) and the directory (TokenReview) see N
+identities. Per phase: the clients start at 200/s until all have a map; a
+scale event (replicas + 1) is timed to every client, from the scale call to
+its first map with the new count; then a rolling restart of the pods
+(``kubectl.kubernetes.io/restartedAt``) is run to completion, and the bench
+waits until no client has received a map for 3 s; then the API server is
+restarted and the LIST requests it serves for pods and StatefulSets
+(namespace scope) are counted until they stop, minus those of a restart with
+no clients (controller-manager and the simulated kubelet). API-server figures
+come from its own ``/metrics`` (``apiserver_longrunning_requests{verb="WATCH"}``,
+``apiserver_request_total``, ``apiserver_watch_events_total``, ``process_*``).
 
-All clients of a phase live in this one Python process, so their own parsing
-of every event is in the propagation times of both modes; on a shared 2-core
-machine expect noise (run it with ``nice``).
+The clients are Python processes on the same 2 cores as the control plane:
+their CPU (a row of the table) competes with the API server's, which slows
+the direct-mode rollout and its propagation far more than it would with one
+sidecar per pod on many nodes. Expect noise; ``make bench-discovery`` runs it
+under ``nice``.
 
-    .venv/bin/python bench/discovery.py [--subscribers 1000]
+    .venv/bin/python bench/discovery.py [--subscribers 1000] [--direct-processes 8]
 """
 
 from __future__ import annotations
