@@ -21,7 +21,9 @@ identities. Per phase: the clients start at 200/s until all have a map; a
 scale event (replicas + 1) is timed to every client, from the scale call to
 its first map with the new count; then a rolling restart of the pods
 (``kubectl.kubernetes.io/restartedAt``) is run to completion, and the bench
-waits until no client has received a map for 3 s; then the API server is
+waits until no client has received a map for 3 s (the API server's CPU,
+requests and watch events "during the rollout" are counted from the scale
+call to the end of that wait); then the API server is
 restarted and the LIST requests it serves for pods and StatefulSets
 (namespace scope) are counted until they stop, minus those of a restart with
 no clients (controller-manager and the simulated kubelet). API-server figures
@@ -62,12 +64,11 @@ from bench.discovery_setup import (  # noqa: E402
     STS,
     create_workload,
     issue_tokens,
-    proc_cpu_s,
-    proc_rss_mb,
     write_kubeconfigs,
 )
 from bench.fleet_process import FleetProcess, Fleets  # noqa: E402
 from bench.kubelet_process import KubeletProcess  # noqa: E402
+from bench.procstat import proc_cpu_s, proc_rss_mb  # noqa: E402
 from tests.cluster import binaries  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, ControlPlaneSettings  # noqa: E402
 from tests.cluster.waiting import wait_for  # noqa: E402
@@ -165,6 +166,7 @@ class Bench:
         cpu = fleet.cpu_s()
         phase.client_cpu_s = None if cpu is None or cpu0 is None else cpu - cpu0
         after = apimetrics.scrape(self.cp)
+        phase.window_s = time.monotonic() - started
         phase.rollout_requests = apimetrics.requests(after) - apimetrics.requests(before)
         phase.rollout_events = apimetrics.watch_events(after) - apimetrics.watch_events(before)
         phase.api_cpu_rollout = apimetrics.cpu_seconds(after) - apimetrics.cpu_seconds(before)

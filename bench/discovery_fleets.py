@@ -76,6 +76,9 @@ class Tally:
     def arrivals(self) -> list[float]:
         return [t for t in self.seen if t is not None]
 
+    def stop(self) -> None:
+        """Stop every client."""
+
     def before_rollout(self) -> None:
         """Called once all have a map and the API server's watches are counted."""
 

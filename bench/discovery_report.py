@@ -18,6 +18,7 @@ class Phase:
     scale_at: float = 0.0
     delays: list[float] = field(default_factory=list)  # seconds, sorted
     rollout_s: float = 0.0
+    window_s: float = 0.0  # from the scale call to the end of the rollout's count
     caught_up_s: float = 0.0  # from the scale call to the last map any client received
     client_cpu_s: float | None = None  # the clients' process, scale call to caught up
     rollout_requests: float = 0.0
@@ -44,7 +45,6 @@ def _ms(value: float | None) -> str:
 def rows(p: Phase) -> list[tuple[str, str]]:
     d = p.delays
     hop = None if p.reference_ms is None or not d else percentile(d, 0.5) - p.reference_ms
-    optional = (lambda v, unit: "-" if v is None else f"{v:.0f}{unit}")  # noqa: E731
     return [
         ("subscribers", f"{p.subscribers}"),
         ("all subscribers have a map after", f"{p.sync_s:.1f} s"),
@@ -57,10 +57,11 @@ def rows(p: Phase) -> list[tuple[str, str]]:
         ("API-server RSS after the rollout", f"{p.api_rss_mb:.0f} MB"),
         ("rollout (scale +1, then rolling restart)", f"{p.rollout_s:.1f} s"),
         ("the last client has the rollout's last map after", f"{p.caught_up_s:.1f} s"),
-        ("CPU of the clients' process until then", "-" if p.client_cpu_s is None
+        ("CPU of the clients' processes until then", "-" if p.client_cpu_s is None
          else f"{p.client_cpu_s:.1f} s"),
         ("API-server requests during the rollout (per s)",
-         f"{p.rollout_requests:g} ({p.rollout_requests / max(p.rollout_s, 1e-9):.1f})"),
+         f"{p.rollout_requests:g} ({p.rollout_requests / max(p.window_s, 1e-9):.1f}"
+         f" over {p.window_s:.1f} s)"),
         ("API-server watch events sent during the rollout", f"{p.rollout_events:g}"),
         ("scale event seen by all: p50", _ms(percentile(d, 0.5) if d else None)),
         ("                         p99", _ms(percentile(d, 0.99) if d else None)),
@@ -70,7 +71,8 @@ def rows(p: Phase) -> list[tuple[str, str]]:
         ("the directory's own event -> write (mean, p50, p99)", "-" if p.fanout_ms is None
          else ", ".join("-" if v is None else f"{v:.0f}" if i == 0 else f"<= {v:g}"
                         for i, v in enumerate(p.fanout_ms)) + " ms"),
-        ("directory RSS", optional(p.directory_rss_mb, " MB")),
+        ("directory RSS", "-" if p.directory_rss_mb is None
+         else f"{p.directory_rss_mb:.0f} MB"),
         ("directory CPU over the phase", "-" if p.directory_cpu_s is None
          else f"{p.directory_cpu_s:.1f} s"),
         ("LISTs after an API-server restart: statefulsets",
@@ -89,7 +91,9 @@ def table(phases: list[Phase]) -> str:
     header = ["measure", *(f"{p.mode} mode" for p in phases)]
     body = [[label, *(c[i][1] for c in columns)] for i, (label, _) in enumerate(columns[0])]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(  # noqa: E731
-        cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |"
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) + " |"
+
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in body)])

@@ -1,11 +1,9 @@
 """What ``bench/discovery.py`` sets up on the control plane: the workload and the clients'
-credentials (a token of its own for every client, as every pod has one), plus /proc readers."""
+credentials (a token of its own for every client, as every pod has one)."""
 
 from __future__ import annotations
 
 import base64
-import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,13 +66,3 @@ def write_kubeconfigs(cp: ControlPlane, tokens: list[str], folder: Path) -> list
         path.write_text(yaml.safe_dump(doc))
         paths.append(path)
     return paths
-
-
-def proc_rss_mb(pid: int) -> float:
-    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(match[1]) / 1024 if match else 0.0
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

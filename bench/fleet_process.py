@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.discovery_fleets import DirectFleet, DirectoryFleet, Tally  # noqa: E402
-from bench.discovery_setup import proc_cpu_s  # noqa: E402
+from bench.procstat import proc_cpu_s  # noqa: E402
 from tests.cluster.processes import tail  # noqa: E402
 
 
