@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-node node-bins demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-grpc bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
+.PHONY: test test-node node-bins demo demo-cluster venv compile cluster-bins lint unit cluster fuzz bench bench-webhook bench-sidecar bench-grpc bench-discovery bench-instructions soak golden clean lock wheel smoke smoke-wheel smoke-image image
 
 # The venv holds exactly the pinned, hash-checked requirements/dev.txt (the
 # runtime pins of requirements/runtime.txt, the test tools, and the build
@@ -122,6 +122,13 @@ bench-sidecar: venv compile
 bench-grpc: venv compile
 	@bash bench/ensure-peers.sh h2load nginx haproxy
 	$(BIN)/python bench/grpc.py
+
+# Discovery for SUBSCRIBERS (default 1,000) light sidecars on the test control plane,
+# directory mode vs direct mode (bench/discovery.py): API-server watches, CPU, RSS and
+# requests during a rollout, scale-event propagation, relists after an API-server
+# restart. About 4 minutes, and heavy: it runs under nice.
+bench-discovery: venv compile cluster-bins
+	nice $(BIN)/python bench/discovery.py --subscribers $(or $(SUBSCRIBERS),1000)
 
 # Not a benchmark: user-space instructions per proxied request (callgrind), a number
 # the machine's noise does not move, for judging a change to the request path.

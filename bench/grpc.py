@@ -36,6 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.ratio_table import Ratios, print_ratio_table  # noqa: E402
+
 _spec = importlib.util.spec_from_file_location("bench_sidecar", REPO / "bench" / "sidecar.py")
 assert _spec is not None and _spec.loader is not None
 bench_sidecar = importlib.util.module_from_spec(_spec)
@@ -172,38 +176,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(results: dict[str, dict[int, Result]], rss_kib: int, pinned: bool,
-           args: argparse.Namespace, ratios: dict[str, tuple[list[float], list[float]]]) -> None:
+           args: argparse.Namespace, ratios: Ratios) -> None:
     where = "pinned: proxy on CPU 1, h2load+backends on CPU 0" if pinned else "not pinned"
     print(f"\nshardmesh gRPC benchmark: h2load, one connection, {args.duration}s per run, median "
           f"of {args.rounds} interleaved rounds (ratios: the median of each round's ratio), "
           f"unary calls with x-shard-key, 3 Go h2c gRPC backends; {where}; "
           f"sidecar data plane {bench_sidecar.data_plane()} (HTTP/2: plain Python + h2)\n")
-    print("| target | RPC/s @1 | p50 @1 | p99 @1 | RPC/s @50 | p50 @50 | p99 @50 "
-          "| RPC/s@50 / nginx | p50@1 / nginx |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, by_streams in results.items():
-        one, fifty = by_streams[1], by_streams[50]
-        rps_rounds, p50_rounds = ratios[name]
-        print(f"| {name} | {one.rps:,.0f} | {one.p50_ms:.3f} ms | {one.p99_ms:.3f} ms "
-              f"| {fifty.rps:,.0f} | {fifty.p50_ms:.3f} ms | {fifty.p99_ms:.3f} ms "
-              f"| {bench_sidecar.middle(rps_rounds):.2f}x "
-              f"| {bench_sidecar.middle(p50_rounds):.2f}x |")
-    side = results["sidecar"]
-    rps_rounds, p50_rounds = ratios["sidecar"]
-    rps_ratio, p50_ratio = bench_sidecar.middle(rps_rounds), bench_sidecar.middle(p50_rounds)
-    rss_mb = rss_kib / 1024
-    print("\nsidecar / nginx in each round: RPC/s@50 "
-          + " ".join(f"{r:.2f}x" for r in rps_rounds) + "; p50@1 "
-          + " ".join(f"{r:.2f}x" for r in p50_rounds))
-    print(f"sidecar peak RSS under load: {rss_mb:.1f} MiB; CPU per RPC: "
-          f"{side[1].cpu_us:.1f} us @1, {side[50].cpu_us:.1f} us @50")
-    checks = [
-        (f"RPC/s@50 >= {GOALS['rps50']}x nginx", f"{rps_ratio:.2f}x", rps_ratio >= GOALS["rps50"]),
-        (f"p50@1 <= {GOALS['p50_1']}x nginx", f"{p50_ratio:.2f}x", p50_ratio <= GOALS["p50_1"]),
-        (f"RSS <= {GOALS['rss_mb']} MB", f"{rss_mb:.1f}", rss_mb <= GOALS["rss_mb"]),
-    ]
-    print("goals: " + "; ".join(f"{goal}: {got} {'OK' if ok else 'MISSED'}"
-                                for goal, got, ok in checks))
+    print_ratio_table(results, ratios, rss_kib, GOALS, rate="RPC/s", cpu_per="RPC")
 
 
 def main() -> int:

@@ -33,6 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.ratio_table import Ratios, print_ratio_table  # noqa: E402
+
 ANCHOR_DIRS = (REPO / "bench" / "anchors", REPO.parent / "shared" / "anchors")
 GOALS = {"rps50": 0.75, "p50_1": 1.5, "rss_mb": 60}
 
@@ -234,8 +238,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-Ratios = dict[str, tuple[list[float], list[float]]]
-
 
 def round_ratios(runs: dict[str, dict[int, list[Result]]]) -> Ratios:
     """Per target and round, against nginx measured moments apart: (rps@50, p50@1).
@@ -247,10 +249,6 @@ def round_ratios(runs: dict[str, dict[int, list[Result]]]) -> Ratios:
                [t.p50_ms / n.p50_ms for t, n in zip(by_conn[1], nginx[1], strict=True)])
         for name, by_conn in runs.items()
     }
-
-
-def middle(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def median(results: list[Result]) -> Result:
@@ -275,31 +273,7 @@ def report(results: dict[str, dict[int, Result]], rss_kib: int, pinned: bool,
           f"{args.rounds} interleaved rounds (ratios: the median of each round's ratio), "
           f"GET with X-Shard-Key over 100k keys, 3 nginx backends; {where}; "
           f"sidecar data plane {data_plane()}\n")
-    print("| target | rps @1 | p50 @1 | p99 @1 | rps @50 | p50 @50 | p99 @50 "
-          "| rps@50 / nginx | p50@1 / nginx |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, by_conn in results.items():
-        one, fifty = by_conn[1], by_conn[50]
-        rps_rounds, p50_rounds = ratios[name]
-        print(f"| {name} | {one.rps:,.0f} | {one.p50_ms:.3f} ms | {one.p99_ms:.3f} ms "
-              f"| {fifty.rps:,.0f} | {fifty.p50_ms:.3f} ms | {fifty.p99_ms:.3f} ms "
-              f"| {middle(rps_rounds):.2f}x | {middle(p50_rounds):.2f}x |")
-    side = results["sidecar"]
-    rps_rounds, p50_rounds = ratios["sidecar"]
-    rps_ratio, p50_ratio = middle(rps_rounds), middle(p50_rounds)
-    rss_mb = rss_kib / 1024
-    print("\nsidecar / nginx in each round: rps@50 "
-          + " ".join(f"{r:.2f}x" for r in rps_rounds) + "; p50@1 "
-          + " ".join(f"{r:.2f}x" for r in p50_rounds))
-    print(f"sidecar peak RSS under load: {rss_mb:.1f} MiB; CPU per request: "
-          f"{side[1].cpu_us:.1f} us @1, {side[50].cpu_us:.1f} us @50 (load-independent)")
-    checks = [
-        (f"rps@50 >= {GOALS['rps50']}x nginx", f"{rps_ratio:.2f}x", rps_ratio >= GOALS["rps50"]),
-        (f"p50@1 <= {GOALS['p50_1']}x nginx", f"{p50_ratio:.2f}x", p50_ratio <= GOALS["p50_1"]),
-        (f"RSS <= {GOALS['rss_mb']} MB", f"{rss_mb:.1f}", rss_mb <= GOALS["rss_mb"]),
-    ]
-    print("goals: " + "; ".join(f"{goal}: {got} {'OK' if ok else 'MISSED'}"
-                                for goal, got, ok in checks))
+    print_ratio_table(results, ratios, rss_kib, GOALS, cpu_note=" (load-independent)")
 
 
 def main() -> int:

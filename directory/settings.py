@@ -1,15 +1,14 @@
-"""The directory's settings: one object, from flags, then ``SHARDMESH_<FIELD>``, then defaults."""
+"""The directory's settings: one object, from flags, then ``SHARDMESH_<FIELD>``, then defaults
+(``webhook.settings_loader``, as the webhook's)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-ENV_PREFIX = "SHARDMESH_"
+from webhook import settings_loader as loader
+from webhook.settings_loader import flag as _flag
 
 
 @dataclass(frozen=True)
@@ -103,70 +102,12 @@ class Settings:
         return self
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def field_docs() -> dict[str, str]:
-    """The ``#:`` comment above each field (it covers the fields up to the next comment)."""
-    docs: dict[str, str] = {}
-    pending: list[str] = []
-    fresh = True
-    try:
-        source = inspect.getsource(Settings)
-    except (OSError, TypeError):  # no source installed (bytecode only, as in the image)
-        return docs
-    for line in source.splitlines():
-        text = line.strip()
-        if text.startswith("#:"):
-            pending = [] if not fresh else pending
-            pending.append(text[2:].strip())
-            fresh = True
-        elif (m := re.match(r"(\w+): ", text)) and pending:
-            docs[m[1]] = " ".join(pending)
-            fresh = False
-    return docs
-
-
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="shardmesh directory",
-        description="Serve shard maps to sidecars: one watch per StatefulSet for the cluster.",
-        epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG> in the environment "
-               "(e.g. SHARDMESH_HEARTBEAT_S); the flag wins.")
-    docs = field_docs()
-    for f in dataclasses.fields(Settings):
-        help_ = f"{docs.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
-        if f.name == "extra_sans":
-            ap.add_argument("--extra-san", dest="extra_sans", action="append", default=None,
-                            help=f"{docs.get(f.name, '')} Repeatable.")
-        else:
-            ap.add_argument(_flag(f.name), default=None, help=help_)
-    return ap
+    return loader.parser(
+        Settings, "shardmesh directory",
+        "Serve shard maps to sidecars: one watch per StatefulSet for the cluster.",
+        "SHARDMESH_HEARTBEAT_S")
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    args = vars(parser().parse_args(list(argv)))
-    values: dict[str, object] = {}
-    for f in dataclasses.fields(Settings):
-        raw = args.get(f.name)
-        if raw is None:
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-        if raw is not None:
-            values[f.name] = convert(f.name, str(f.type), raw)
-    return Settings(**values).validate()  # type: ignore[arg-type]
-
-
-def convert(name: str, type_: str, raw: object) -> object:
-    if name == "extra_sans":
-        items = raw if isinstance(raw, list) else str(raw).split(",")
-        return tuple(s.strip() for s in items if s.strip())
-    text = str(raw).strip()
-    try:
-        if type_ == "int":
-            return int(text)
-        if type_ == "float":
-            return float(text)
-    except ValueError:
-        raise ValueError(f"invalid value '{text}' for {_flag(name)}: expected a number") from None
-    return text
+    return loader.load(Settings, parser(), argv, environ, strip=True)

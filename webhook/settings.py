@@ -9,17 +9,16 @@ as an argument, so the offline ``shardmesh inject`` builds one too.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from sidecar import __version__
+from webhook import settings_loader as loader
+from webhook.settings_loader import flag as _flag
 
 CertMode = Literal["self", "file"]
-ENV_PREFIX = "SHARDMESH_"
 #: Native sidecars (restartable init containers) are on by default from 1.29.
 NATIVE_SIDECAR_SINCE = (1, 29)
 #: --worker-class value -> the gunicorn worker class (see webhook/worker.py).
@@ -150,79 +149,12 @@ def parse_kube_version(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def field_docs() -> dict[str, str]:
-    """The ``#:`` comments above each field (the Sphinx convention), for ``--help``.
-    A comment covers the fields that follow it up to the next comment."""
-    docs: dict[str, str] = {}
-    pending: list[str] = []
-    last_was_field = False
-    for line in inspect.getsource(Settings).splitlines():
-        text = line.strip()
-        if text.startswith("#:"):
-            if last_was_field:
-                pending = []
-            pending.append(text[2:].strip())
-            last_was_field = False
-        elif (m := re.match(r"(\w+): ", text)) and pending:
-            docs[m[1]] = " ".join(pending)
-            last_was_field = True
-    return docs
-
-
 def parser(description: str) -> argparse.ArgumentParser:
     """One flag per field; the defaults are applied later, so env can fill the gaps."""
-    ap = argparse.ArgumentParser(
-        prog="shardmesh webhook", description=description,
-        epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG> in the environment "
-               "(e.g. SHARDMESH_SIDECAR_IMAGE); the flag wins.")
-    docs = field_docs()
-    for f in dataclasses.fields(Settings):
-        if f.name == "version":
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%").strip()
-        if f.type == "bool":
-            ap.add_argument(_flag(f.name), action="store_const", const="true", default=None,
-                            help=help_)
-        elif f.name == "extra_sans":
-            ap.add_argument(_flag("extra_san"), dest="extra_sans", action="append", default=None,
-                            help=f"{docs.get(f.name, '')} Repeatable.")
-        else:
-            ap.add_argument(_flag(f.name), default=None, help=help_)
-    return ap
+    return loader.parser(Settings, "shardmesh webhook", description,
+                         "SHARDMESH_SIDECAR_IMAGE", skip=("version",))
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str], description: str = "") -> Settings:
     """Flags, then ``SHARDMESH_<FIELD>`` environment variables, then the defaults."""
-    args = vars(parser(description).parse_args(list(argv)))
-    values: dict[str, object] = {}
-    for f in dataclasses.fields(Settings):
-        raw = args.get(f.name)
-        if raw is None:
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-        if raw is not None:
-            values[f.name] = _convert(f.name, f.type, raw)
-    return Settings(**values).validate()  # type: ignore[arg-type]
-
-
-def _convert(name: str, type_: object, raw: object) -> object:
-    if name == "extra_sans":
-        items = raw if isinstance(raw, list) else str(raw).split(",")
-        return tuple(s.strip() for s in items if s.strip())
-    text = str(raw)
-    try:
-        if type_ == "int":
-            return int(text)
-        if type_ == "float":
-            return float(text)
-    except ValueError:
-        raise ValueError(f"invalid value '{text}' for {_flag(name)}: expected a number") from None
-    if type_ == "bool":
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"invalid value '{text}' for {_flag(name)}: expected true or false")
-        return text.lower() in ("true", "1")
-    return text
+    return loader.load(Settings, parser(description), argv, environ)
