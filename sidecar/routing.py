@@ -1,17 +1,22 @@
 """The routing decision for one request, as a pure function of its head and the map.
 
 Design rules:
-- ``route`` reads only what it is given (method, path, a header lookup, the
-  routes) and returns a value: ``Routed``, ``NeedBody`` (a ``json:`` key: the
-  caller reads the body, then calls ``route_body``) or ``Refusal``. No sockets,
-  no clock, no pools: the front ends (HTTP/2 here; HTTP/1.1 once it adopts it)
-  do the I/O.
-- The route is the first path segment when it names one (then it is stripped
-  from the upstream path, as on HTTP/1.1); otherwise the ``x-shard-route``
-  header; otherwise, with exactly one route, that route (SPEC §8), so a stock
-  gRPC client whose paths are ``/pkg.Service/Method`` works unchanged.
-- Keys come from ``sidecar.keys`` and owners from ``shardmap.resolve``, the same
-  functions HTTP/1.1 uses: one key, one owner, never rerouted.
+- ``route`` (HTTP/2) and ``route_h1`` (HTTP/1.1) read only what they are given
+  (the target, the headers, the routes) and return a value: ``Routed``,
+  ``NeedBody`` (a ``json:`` key: the caller reads the body, then calls
+  ``route_body``), ``Refusal``, or on HTTP/1.1 ``Introspect`` (``/_shard/...``).
+  No sockets, no clock, no pools: the front ends (``h2bridge``, ``exchange``) do
+  the I/O, and re-resolve a waited-for key with ``owner``.
+- HTTP/2: the route is the first path segment when it names one (then it is
+  stripped from the upstream path, as on HTTP/1.1); otherwise the
+  ``x-shard-route`` header; otherwise, with exactly one route, that route (SPEC
+  §8), so a stock gRPC client whose paths are ``/pkg.Service/Method`` works
+  unchanged. HTTP/1.1: the first segment only (SPEC §2); the same head pass
+  checks its Host (RFC 9112 §3.2) before anything else is refused.
+- Keys come from ``sidecar.keys`` and owners from ``shardmap.resolve`` (slot mode:
+  ``slot_state.resolve_slot``), for both protocols: one key, one owner, never
+  rerouted. Slot mode is routed only where the front end fences and replays on a
+  421 (``fenced``: HTTP/1.1).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from dataclasses import dataclass
 
 from sidecar import keys
 from sidecar.errors import ProxyError, quote
-from sidecar.http11 import split_target
+from sidecar.http11 import check_host, scan_head, split_target
 from sidecar.shardmap import RouteState, Shard, resolve
+from sidecar.slot_state import resolve_slot
 
 #: The header naming the route when the path does not (lower case, as HTTP/2 sends it).
 ROUTE_HEADER = b"x-shard-route"
@@ -35,13 +41,15 @@ HeaderLookup = Callable[[bytes], Sequence[bytes]]
 
 @dataclass(frozen=True)
 class Routed:
-    """Send to ``ordinal`` (``shard``'s pod) of ``state``, at ``upstream_path``."""
+    """Send to ``ordinal`` (``shard``'s pod) of ``state``, at ``upstream_path``; in slot
+    mode with ``fence``, the upstream header lines naming the slot, map and ordinal."""
 
     state: RouteState
     ordinal: int
     shard: Shard
     upstream_path: bytes
     key: str
+    fence: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -50,16 +58,29 @@ class NeedBody:
 
     state: RouteState
     upstream_path: bytes
+    #: The front end fences slot mode (``owner``'s ``fenced``).
+    fenced: bool = False
+
+
+@dataclass(frozen=True)
+class Introspect:
+    """HTTP/1.1 ``/_shard/<rest>?<query>``: answered by the sidecar (``sidecar.introspect``)."""
+
+    rest: bytes
+    query: bytes
 
 
 @dataclass(frozen=True)
 class Refusal:
     """Answer the request with ``error``. ``state`` and ``key`` are set when the route and
-    key were found but the owner is not ready: ``wait:<ms>`` re-resolves that same key."""
+    key were found but the owner is not ready: ``wait:<ms>`` re-resolves that same key.
+    ``state`` alone: the route was found, the key was not (counted against the route)."""
 
     error: ProxyError
     state: RouteState | None = None
     key: str | None = None
+    #: With ``key``: where the request goes once its owner is ready.
+    upstream_path: bytes = b""
 
     @property
     def code(self) -> str:
@@ -144,18 +165,75 @@ def route(method: bytes, path: bytes, header: HeaderLookup,
     return owner(state, key, upstream_path)
 
 
+def route_h1(target: bytes, head: list[bytes], routes: Mapping[bytes, RouteState],
+             http10: bool) -> Decision | Introspect:
+    """Where an HTTP/1.1 request goes (SPEC §2), from its target and its head as
+    ``http11.scan_head`` reads it: ``[request line, name, b": ", value, CRLF, ...]``.
+
+    The target is ``/<route>/<path>`` (or absolute-form, whose authority is dropped);
+    a bad target is refused first, then a bad Host, then an unknown route or key.
+    Slot mode is routed (the HTTP/1.1 front end fences and replays).
+    """
+    parts = split_target(target)
+    if parts is None:
+        return Refusal(ProxyError("bad_request", f"request target "
+                                  f"'{target.decode('latin-1')}' is not /<route>/<path>"))
+    name, upstream_path, rest, query = parts
+    state = routes.get(name)
+    kind = state.key_kind if state is not None else ""
+    # Host and the key header in one pass, checked before anything goes upstream.
+    if kind == "header":
+        assert state is not None
+        hosts, host, value, other = scan_head(head, state.key_header, state.key_spelling)
+    else:
+        hosts, host, value, other = scan_head(head, b"", b"")
+    if hosts != 1 or 0x2C in host:  # check_host's common case inline: one Host, no list
+        error = check_host(hosts, host, http10)
+        if error is not None:
+            return Refusal(error)
+    if state is None:
+        if name == b"_shard":
+            return Introspect(rest, query)
+        route = name.decode("latin-1")
+        known = ", ".join(sorted(r.decode() for r in routes)) or "none"
+        return Refusal(ProxyError("unknown_route", f"no route '{route}' (known: {known})",
+                                  route=route))
+    source = state.key
+    try:
+        if kind == "header":
+            if other is not None:
+                raise keys.ambiguous(source, value, other)
+            key = keys.from_header(value, source)
+        elif kind == "json":
+            return NeedBody(state, upstream_path, True)
+        elif kind == "query":
+            key = keys.from_query(query, source)
+        else:
+            key = keys.from_path(rest, source)
+    except ProxyError as err:
+        return Refusal(err, state)
+    return owner(state, key, upstream_path, True)
+
+
 def route_body(need: NeedBody, body: bytes) -> Decision:
     """The decision for a ``json:`` key once the body is read."""
     try:
         key = keys.from_json(body, need.state.spec.key)
     except ProxyError as err:
         return Refusal(err)
-    return owner(need.state, key, need.upstream_path)
+    return owner(need.state, key, need.upstream_path, need.fenced)
 
 
-def owner(state: RouteState, key: str, upstream_path: bytes) -> Decision:
-    """``key``'s owner in ``state``; a Refusal that keeps the key when it is not ready."""
+def owner(state: RouteState, key: str, upstream_path: bytes, fenced: bool = False) -> Decision:
+    """``key``'s owner in ``state``; a Refusal that keeps the key when it is not ready.
+    ``fenced``: the caller sends slot mode's fencing lines and replays on a 421."""
     if state.slotted:
+        if fenced:
+            try:
+                shard, _, fence = resolve_slot(state, key)
+            except ProxyError as err:
+                return Refusal(err, state, key, upstream_path)
+            return Routed(state, shard.ordinal, shard, upstream_path, key, fence)
         # Slot mode (SPEC §6) fences and replays on 421, which only the HTTP/1.1 path does
         # yet: refused rather than routed by the default function, which could misroute.
         return Refusal(ProxyError("not_implemented", f"route '{state.name}' is in slot mode, "
@@ -164,7 +242,7 @@ def owner(state: RouteState, key: str, upstream_path: bytes) -> Decision:
     try:
         ordinal, shard = resolve(state, key)
     except ProxyError as err:
-        return Refusal(err, state, key)
+        return Refusal(err, state, key, upstream_path)
     return Routed(state, ordinal, shard, upstream_path, key)
 
 
