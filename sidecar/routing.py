@@ -21,8 +21,7 @@ Design rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from sidecar import keys
 from sidecar.errors import ProxyError, quote
@@ -39,48 +38,45 @@ WAITABLE = frozenset({"shard_unavailable", "shard_map_not_ready"})
 HeaderLookup = Callable[[bytes], Sequence[bytes]]
 
 
-@dataclass(frozen=True)
+# The decisions are plain classes, not frozen dataclasses: compiled, one is made per
+# request, and a frozen dataclass's construction cost more than the rest of routing.
+# Nothing changes them once made.
+
+
 class Routed:
     """Send to ``ordinal`` (``shard``'s pod) of ``state``, at ``upstream_path``; in slot
     mode with ``fence``, the upstream header lines naming the slot, map and ordinal."""
 
-    state: RouteState
-    ordinal: int
-    shard: Shard
-    upstream_path: bytes
-    key: str
-    fence: bytes = b""
+    def __init__(self, state: RouteState, ordinal: int, shard: Shard, upstream_path: bytes,
+                 key: str, fence: bytes = b"") -> None:
+        self.state, self.ordinal, self.shard = state, ordinal, shard
+        self.upstream_path, self.key, self.fence = upstream_path, key, fence
 
 
-@dataclass(frozen=True)
 class NeedBody:
-    """The key is in the body (``json:``): read it (up to the JSON limit), then ``route_body``."""
+    """The key is in the body (``json:``): read it (up to the JSON limit), then
+    ``route_body``; ``fenced``: the front end fences slot mode (``owner``'s)."""
 
-    state: RouteState
-    upstream_path: bytes
-    #: The front end fences slot mode (``owner``'s ``fenced``).
-    fenced: bool = False
+    def __init__(self, state: RouteState, upstream_path: bytes, fenced: bool = False) -> None:
+        self.state, self.upstream_path, self.fenced = state, upstream_path, fenced
 
 
-@dataclass(frozen=True)
 class Introspect:
     """HTTP/1.1 ``/_shard/<rest>?<query>``: answered by the sidecar (``sidecar.introspect``)."""
 
-    rest: bytes
-    query: bytes
+    def __init__(self, rest: bytes, query: bytes) -> None:
+        self.rest, self.query = rest, query
 
 
-@dataclass(frozen=True)
 class Refusal:
     """Answer the request with ``error``. ``state`` and ``key`` are set when the route and
-    key were found but the owner is not ready: ``wait:<ms>`` re-resolves that same key.
-    ``state`` alone: the route was found, the key was not (counted against the route)."""
+    key were found but the owner is not ready: ``wait:<ms>`` re-resolves that same key,
+    then sends it to ``upstream_path``. ``state`` alone: the route was found, the key
+    was not (HTTP/1.1 counts the refusal against the route)."""
 
-    error: ProxyError
-    state: RouteState | None = None
-    key: str | None = None
-    #: With ``key``: where the request goes once its owner is ready.
-    upstream_path: bytes = b""
+    def __init__(self, error: ProxyError, state: RouteState | None = None,
+                 key: str | None = None, upstream_path: bytes = b"") -> None:
+        self.error, self.state, self.key, self.upstream_path = error, state, key, upstream_path
 
     @property
     def code(self) -> str:
@@ -94,11 +90,11 @@ class Refusal:
 Decision = Routed | NeedBody | Refusal
 
 
-def _known(routes: Mapping[bytes, RouteState]) -> str:
+def _known(routes: dict[bytes, RouteState]) -> str:
     return ", ".join(sorted(r.decode("latin-1") for r in routes)) or "none"
 
 
-def pick_route(path: bytes, header: HeaderLookup, routes: Mapping[bytes, RouteState]
+def pick_route(path: bytes, header: HeaderLookup, routes: dict[bytes, RouteState]
                ) -> tuple[RouteState, bytes, bytes, bytes] | ProxyError:
     """(route state, upstream path, path after the route, query) or why there is none."""
     parts = split_target(path) if path.startswith(b"/") else None
@@ -129,7 +125,7 @@ def pick_route(path: bytes, header: HeaderLookup, routes: Mapping[bytes, RouteSt
 
 
 def route(method: bytes, path: bytes, header: HeaderLookup,
-          routes: Mapping[bytes, RouteState], *, grpc: bool = False) -> Decision:
+          routes: dict[bytes, RouteState], *, grpc: bool = False) -> Decision:
     """Where a request goes, from its method, ``:path`` and headers (SPEC §2, §8).
 
     ``grpc``: a ``json:`` key cannot be read from a gRPC message (a length-prefixed
@@ -165,7 +161,7 @@ def route(method: bytes, path: bytes, header: HeaderLookup,
     return owner(state, key, upstream_path)
 
 
-def route_h1(target: bytes, head: list[bytes], routes: Mapping[bytes, RouteState],
+def route_h1(target: bytes, head: list[bytes], routes: dict[bytes, RouteState],
              http10: bool) -> Decision | Introspect:
     """Where an HTTP/1.1 request goes (SPEC §2), from its target and its head as
     ``http11.scan_head`` reads it: ``[request line, name, b": ", value, CRLF, ...]``.
