@@ -63,8 +63,13 @@ class Exchange(Relay):
                                  "only 100-continue is supported"))
             return
         decision = route_h1(self.url, self.head, conn.ctx.map.routes, self.http10)
-        if isinstance(decision, Routed):
-            self.routed(decision)
+        if isinstance(decision, Routed):  # routed(), inline: this runs for every request
+            state = decision.state
+            self.target = decision.upstream_path
+            if state.slotted:
+                slot_exchange.route(self, decision)
+            else:
+                self.send(state, decision.ordinal, decision.shard)
         elif isinstance(decision, Refusal):
             self.refused(decision)
         elif isinstance(decision, NeedBody):
@@ -166,9 +171,14 @@ class Exchange(Relay):
     def send(self, state: RouteState, ordinal: int, shard: Shard) -> None:
         """Forward to the resolved ordinal: an idle pooled connection now, else connect."""
         self.state, self.ordinal, self.shard = state, ordinal, shard
-        address = shard.address
-        assert address is not None
-        self.pool = pool = self.conn.ctx.pools.pool(state, ordinal, address)
+        pools = self.conn.ctx.pools
+        # Pools.pool's common case inline: the state the last request was sent with.
+        pool = pools.last_pools.get(ordinal) if state is pools.last else None
+        if pool is None:
+            address = shard.address
+            assert address is not None
+            pool = pools.pool(state, ordinal, address)
+        self.pool = pool
         idle = pool.idle
         while idle:  # Pool.take_idle, inline: this runs for every request
             upstream = idle.pop()
