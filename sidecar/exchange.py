@@ -220,11 +220,11 @@ class Exchange(Relay):
         self.upstream = upstream
         head = self.head
         self.head_base = len(head)
-        if self.drop:
+        if len(self.drop):  # len(): compiled, a field read; truth is a generic call
             head = _without(head, self.drop)
         head[0] = self.method + b" " + self.target + _SP_HTTP11_CRLF  # cheaper than a join
         fence = self.fence
-        head.append(fence if fence else shard.upstream_header)
+        head.append(fence if len(fence) else shard.upstream_header)
         if self.chunked:
             head.append(http11.CHUNKED)
         elif self.content_length is not None:

@@ -117,7 +117,7 @@ class Relay(Listener):
         conn = self.conn
         self.deadline = 0.0
         self.status = status = up.status
-        if self.fence:
+        if len(self.fence):  # compiled, cheaper than the truth of bytes (a generic call)
             if status == 421:
                 self.misdirected(up)  # never relayed: resolve again
                 return

@@ -77,7 +77,9 @@ class RequestReader(ClientBase):
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
-        exchange.url = exchange.url + url if exchange.url else url  # rarely in pieces
+        # len(), here and below: compiled, the truth of bytes or a frozenset is a generic
+        # call (PyObject_IsTrue), their length a field read.
+        exchange.url = exchange.url + url if len(exchange.url) else url  # rarely in pieces
         if len(exchange.url) > self.ctx.max_request_line:
             raise ProxyError("uri_too_long",
                              f"request target is over {self.ctx.max_request_line} bytes")
@@ -88,7 +90,7 @@ class RequestReader(ClientBase):
         if exchange.headers_done:
             return  # a trailer field: dropped (the module's docstring says why)
         special = http11.request_special(name)
-        if not special:  # forwarded as sent: four appends cost less than one tuple +=
+        if not len(special):  # forwarded as sent: four appends cost less than one tuple +=
             head = exchange.head
             head.append(name)
             head.append(b": ")

@@ -104,7 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.content_length = None
             self.chunked = self.got_bytes = self.complete = False
             self.keep_alive = True
-            if self.drop:
+            if len(self.drop):  # len(): compiled, a field read; truth is a generic call
                 self.drop = frozenset()
         self.head_only = head_only
         self.listener = listener
@@ -190,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         special = http11.response_special(name)
-        if not special:
+        if not len(special):
             head = self.head
             head.append(name)
             head.append(b": ")
@@ -202,7 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.chunked = b"chunked" in value.lower()
         elif special == b"connection":
             tokens = http11.connection_tokens(value)
-            if tokens:
+            if len(tokens):
                 self.drop = self.drop | tokens
 
     def on_headers_complete(self) -> None:
@@ -215,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head[0] = http11.STATUS_LINES[status]  # llhttp refuses a status over 999
         self.keep_alive = self.should_keep_alive()
-        if self.drop:
+        if len(self.drop):
             head, drop = self.head, self.drop
             kept = [head[0]]
             for i in range(1, len(head) - 3, 4):
