@@ -147,7 +147,9 @@ class RequestReader(ClientBase):
             if error is not None:
                 raise error
         exchange.headers_done = True
-        if self.should_upgrade():
+        # llhttp upgrades on an Upgrade header (a hop-by-hop one) or a CONNECT: only then
+        # is it asked, a call into the parser saved on every other request.
+        if (exchange.hop_headers or exchange.method == b"CONNECT") and self.should_upgrade():
             exchange.keep_alive = False  # no tunnels: answer this one request, then close
         if self.queue and self.queue[0] is exchange and not self.dispatching:
             exchange.start()
