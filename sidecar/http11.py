@@ -112,7 +112,7 @@ class SpecialNames:
         n = len(name)
         if n == 0 or n >= _MAX_NAME:
             return b""
-        index = self.slots[_slot(name)]
+        index = self.slots[n << 7 | ((name[0] | 0x20) & 0x7F)]  # _slot(name), inline
         if index == 0:
             return b""
         for spelling, lname in self.spellings[index - 1]:
