@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 from sidecar import http11, slot_exchange
 from sidecar.errors import ProxyError
 from sidecar.h1base import BLOCK_PENDING
@@ -44,6 +46,7 @@ _SP_HTTP11_CRLF: Final = b" HTTP/1.1\r\n"
 _PENDING_LIMIT: Final = 256 * 1024
 
 
+@mypyc_attr(free_list_len=1)  # compiled: the next request's exchange reuses the memory
 class Exchange(Relay):
     """One request and its response (``h1relay.Relay`` relays the response).
 
