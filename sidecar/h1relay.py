@@ -35,7 +35,8 @@ _RETRY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class Relay(Listener):
-    """One request and its response.
+    """An exchange's fields, its response side and its endings (``exchange.Exchange``
+    is the whole exchange).
 
     Compiled by mypyc (setup.py) into a native class: the class-level defaults
     below become plain C fields, set when the exchange is made.

@@ -139,26 +139,24 @@ def route(method: bytes, path: bytes, header: HeaderLookup,
         return Refusal(picked)
     state, upstream_path, rest, query = picked
     source = state.key
-    kind = state.key_kind
+    first: bytes | None = None
+    other: bytes | None = None
+    if state.key_kind == "header":
+        values = header(state.key_header)
+        first = values[0] if values else None
+        for value in values[1:]:
+            if value != first:
+                other = value
+                break
+    elif state.key_kind == "json":
+        if grpc:
+            return Refusal(ProxyError(
+                "invalid_shard_key", f"route '{state.name}' takes its key from {source}, which "
+                "a gRPC request cannot carry (its body is a protobuf message): use a header: "
+                "key for gRPC", source=str(source), route=state.name))
+        return NeedBody(state, upstream_path)
     try:
-        if kind == "header":
-            values = header(state.key_header)
-            first = values[0] if values else None
-            for other in values[1:]:
-                if other != first:
-                    raise keys.ambiguous(source, first, other)
-            key = keys.from_header(first, source)
-        elif kind == "json":
-            if grpc:
-                raise ProxyError("invalid_shard_key", f"route '{state.name}' takes its key from "
-                                 f"{source}, which a gRPC request cannot carry (its body is a "
-                                 "protobuf message): use a header: key for gRPC",
-                                 source=str(source), route=state.name)
-            return NeedBody(state, upstream_path)
-        elif kind == "query":
-            key = keys.from_query(query, source)
-        else:
-            key = keys.from_path(rest, source)
+        key = read_key(state, first, other, rest, query)
     except ProxyError as err:
         return Refusal(err)
     return owner(state, key, upstream_path)
@@ -197,21 +195,29 @@ def route_h1(target: bytes, head: list[bytes], routes: dict[bytes, RouteState],
         known = ", ".join(sorted(r.decode() for r in routes)) or "none"
         return Refusal(ProxyError("unknown_route", f"no route '{route}' (known: {known})",
                                   route=route))
-    source = state.key
+    if kind == "json":
+        return NeedBody(state, upstream_path, True)
     try:
-        if kind == "header":
-            if other is not None:
-                raise keys.ambiguous(source, value, other)
-            key = keys.from_header(value, source)
-        elif kind == "json":
-            return NeedBody(state, upstream_path, True)
-        elif kind == "query":
-            key = keys.from_query(query, source)
-        else:
-            key = keys.from_path(rest, source)
+        key = read_key(state, value, other, rest, query)
     except ProxyError as err:
         return Refusal(err, state)
     return owner(state, key, upstream_path, True)
+
+
+def read_key(state: RouteState, first: bytes | None, other: bytes | None, rest: bytes,
+             query: bytes) -> str:
+    """The key of a request on ``state`` whose key is not ``json:``, from the key header's
+    first value and another, different one (both front ends find them their way), or
+    the path after the route and the query. Raises the ``ProxyError`` to answer."""
+    source = state.key
+    kind = state.key_kind
+    if kind == "header":
+        if other is not None:
+            raise keys.ambiguous(source, first, other)
+        return keys.from_header(first, source)
+    if kind == "query":
+        return keys.from_query(query, source)
+    return keys.from_path(rest, source)
 
 
 def route_body(need: NeedBody, body: bytes) -> Decision:
