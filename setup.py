@@ -33,9 +33,14 @@ COMPILED = [
     "sidecar/metrics.py",
     "sidecar/upstream.py",
     "sidecar/slot_state.py",
+    "sidecar/routing.py",
+    "sidecar/h1base.py",
+    "sidecar/h1relay.py",
     "sidecar/slot_exchange.py",
     "sidecar/exchange.py",
+    "sidecar/h1requests.py",
     "sidecar/proxy.py",
+    "sidecar/h1timeouts.py",
 ]
 #: Not on the request path, so plain Python: discovery, the directory stream, and
 #: ``listwatch``/``pods`` (mypyc accepts them, but the directory's informer and

@@ -16,10 +16,12 @@ import resource
 import signal
 import sys
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import sidecar
 from sidecar.admin import AdminConnection
+from sidecar.h1base import ClientBase
+from sidecar.h1timeouts import close_idle, expire
 from sidecar.metrics import Stats, StatsCollector, exposition, registry_for
 from sidecar.proxy import ClientConnection, Context, effective_max_connections
 from sidecar.settings import Settings, StaticRoute
@@ -28,6 +30,14 @@ from sidecar.upstream import Pools
 
 log = logging.getLogger("shardmesh.sidecar")
 
+
+def _hand_off_h2(conn: ClientBase, data: bytes) -> None:
+    """A connection that opened with the HTTP/2 preface: ``h2front`` serves it from now
+    on, imported when the first one comes (an HTTP/1.1-only sidecar never loads h2)."""
+    from sidecar.h2front import take_over
+
+    assert isinstance(conn, ClientConnection)
+    take_over(conn, data)
 
 class RouteSource(Protocol):
     """Fills the shard map: static addresses, or the Kubernetes watches."""
@@ -117,7 +127,7 @@ class Sidecar:
         self.map = ShardMap()
         self.stats = Stats()
         self.pools = Pools(settings.pool_size, self.stats)
-        self.ctx = Context(settings, self.map, self.pools, self.stats)
+        self.ctx = Context(settings, self.map, self.pools, self.stats, _hand_off_h2)
         self.map.add_listener(self._map_changed)
         self.source = source if source is not None else self._default_source()
         self.registry = registry_for(StatsCollector(self.stats, lambda: self.map.generation,
@@ -210,7 +220,7 @@ class Sidecar:
         """Upstream timeouts: one sweep every 50 ms instead of a timer per request."""
         while True:
             await asyncio.sleep(0.05)
-            self.ctx.expire(time.monotonic())
+            expire(self.ctx, time.monotonic())
 
     async def _close_idle_clients(self) -> None:
         """The client side's timeouts (idle, head deadline, body pause, unread response):
@@ -225,14 +235,14 @@ class Sidecar:
         head_sweeps = math.ceil(head / interval - 1e-9) + 1
         while True:
             await asyncio.sleep(interval)
-            self.ctx.close_idle(sweeps, head_sweeps, body_sweeps, body)
+            close_idle(self.ctx, sweeps, head_sweeps, body_sweeps, body)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight exchanges finish within the grace period, close."""
         self.ctx.draining = True
         self.servers[0].close()  # data listener: no new connections
         for conn in list(self.ctx.connections):
-            conn.drain()
+            cast(ClientConnection, conn).drain()
         if self.ctx.h2 is not None:
             self.ctx.h2.drain()  # GOAWAY: streams in flight finish, then each closes
         deadline = time.monotonic() + self.settings.drain_seconds

@@ -29,7 +29,6 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "uri_too_long": (414, "URI Too Long"),
     "headers_too_large": (431, "Request Header Fields Too Large"),
     "unsupported_transfer_encoding": (501, "Not Implemented"),
-    "not_implemented": (501, "Not Implemented"),
     "http_version_not_supported": (505, "HTTP Version Not Supported"),
     "upstream_error": (502, "Bad Gateway"),
     "shard_unavailable": (503, "Service Unavailable"),

@@ -83,7 +83,7 @@ class Bridge(Replays):
             if current is None:
                 self.fail(ProxyError("unknown_route", f"route '{name}' was removed", route=name))
                 return
-            decision = routing.owner(current, key, path)
+            decision = routing.owner(current, key, path, True)
             remaining = end - self.loop.time()
             if isinstance(decision, routing.Routed) or remaining <= 0:
                 self.task = None

@@ -34,7 +34,6 @@ GRPC_STATUS: Final[dict[str, int]] = {
     "unknown_route": NOT_FOUND,
     "not_found": NOT_FOUND,
     "method_not_allowed": UNIMPLEMENTED,
-    "not_implemented": UNIMPLEMENTED,
     "body_too_large": RESOURCE_EXHAUSTED,
     "headers_too_large": RESOURCE_EXHAUSTED,
     "client_timeout": DEADLINE_EXCEEDED,

@@ -198,7 +198,7 @@ class Replays(Answers):
                 "(--max-json-body) while the sidecar waited for the map"), route=name))
             return
         self.replayed = True
-        self.decided(routing.owner(state, routed.key, routed.upstream_path))
+        self.decided(routing.owner(state, routed.key, routed.upstream_path, True))
         self.front.touch()
 
     def decided(self, decision: routing.Decision) -> None:

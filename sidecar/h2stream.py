@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from h2.connection import H2Connection
 from h2.exceptions import H2Error
@@ -24,8 +24,26 @@ from sidecar.h2errors import is_grpc
 from sidecar.h2headers import Headers, header
 from sidecar.h2upstream import UpstreamH2
 
-if TYPE_CHECKING:
-    from sidecar.h2front import H2Front
+
+class H2Front(Protocol):
+    """What a stream uses of its client connection (``h2front.H2Front``, which imports
+    this module: a Protocol here keeps ``sidecar`` free of import cycles)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def h2(self) -> H2Connection: ...
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    @property
+    def shared(self) -> Any: ...  # h2front.H2Shared
+
+    def touch(self) -> None: ...
+
+    def stream_done(self, bridge: StreamPair) -> None: ...
 
 
 class StreamPair:

@@ -112,7 +112,7 @@ class SpecialNames:
         n = len(name)
         if n == 0 or n >= _MAX_NAME:
             return b""
-        index = self.slots[_slot(name)]
+        index = self.slots[n << 7 | ((name[0] | 0x20) & 0x7F)]  # _slot(name), inline
         if index == 0:
             return b""
         for spelling, lname in self.spellings[index - 1]:
@@ -131,7 +131,7 @@ def request_special(name: bytes) -> bytes:
     """The lower-cased name of a request header the proxy consumes (``REQUEST_SPECIAL``)
     or drops (``Proxy-*``); b"" for every other header, which is forwarded as sent."""
     lname = _REQUEST_NAMES.find(name)
-    if lname:
+    if len(lname):  # compiled, cheaper than the truth of bytes (a generic call)
         return lname
     if len(name) >= 6 and (name[0] | 0x20) == _P and name[:6].lower() == b"proxy-":
         return name.lower()

@@ -69,13 +69,13 @@ def from_header(value: bytes | None, source: KeySource) -> str:
     if value is None:
         raise _missing(source)
     raw = value
-    if raw and (_ows(raw[0]) or _ows(raw[-1])):  # rare: strip() costs a method call
+    if len(raw) and (_ows(raw[0]) or _ows(raw[-1])):  # rare: strip() costs a method call
         raw = raw.strip(b" \t")
     if 0x2C in raw:  # an int operand: a byte search, no bytes object made
         # A list: two header lines joined by an intermediary read as one (RFC 9110 §5.3).
         first, _, other = raw.partition(b",")
         raise ambiguous(source, first.strip(b" \t"), other.strip(b" \t"))
-    if raw:  # the common case inline (one call less per request); _text raises the errors
+    if len(raw):  # the common case inline (one call less per request); _text raises the errors
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:

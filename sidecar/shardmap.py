@@ -20,18 +20,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sidecar.annotations import KeySource, RouteSpec
 from sidecar.errors import ProxyError
 from sidecar.http11 import title_case
 from sidecar.shardfn import ordinal_for
-from sidecar.slot_state import fences, next_slots
+from sidecar.slot_routing import fences, next_slots
 from sidecar.slots import SlotMap, format_migrating
-
-if TYPE_CHECKING:
-    # Typed, so the compiled proxy reads a pool's fields natively.
-    from sidecar.upstream import Pool
 
 log = logging.getLogger("shardmesh.sidecar.shardmap")
 
@@ -77,8 +73,6 @@ class RouteState:
     slotted: bool = False
     slotmap: SlotMap | None = None
     slot_problem: str = ""
-    #: ordinal -> its upstream pool, filled by the proxy (a cache; this state's addresses only).
-    pools: dict[int, Pool] = field(default_factory=dict, compare=False)
     # Derived from spec and count for the hot path, as native fields: reading them
     # through RouteSpec (a plain Python object) cost an attribute lookup each.
     name: str = field(init=False, compare=False, repr=False)
@@ -225,7 +219,7 @@ class ShardMap:
                 rebuild.append(spec)
                 self._set(name, RouteState.initial(spec))
             elif old.spec != spec:
-                self._set(name, replace(old, spec=spec, pools={}))
+                self._set(name, replace(old, spec=spec))
         return rebuild
 
     def update(self, name: str, *, count: int, shards: Iterable[Shard], problem: str = "",
@@ -257,7 +251,7 @@ class ShardMap:
             return  # e.g. a pod's status heartbeat: nothing that routing sees changed
         state = replace(old, synced=synced, count=count, start=start, shards=shards,
                         problem=problem, synced_at=time.monotonic() if synced else old.synced_at,
-                        slotted=slotted, slotmap=slotmap, slot_problem=slot_problem, pools={})
+                        slotted=slotted, slotmap=slotmap, slot_problem=slot_problem)
         self._set(key, state)
 
     def _set(self, key: bytes, state: RouteState | None) -> None:

@@ -2,8 +2,9 @@
 replay a request a backend refused with 421.
 
 Design rules:
-- Decisions are slot_state's pure ``resolve_slot``; this module only drives an
-  ``Exchange`` (send, wait, fail) around them, so exchange.py keeps its hot path.
+- Decisions are ``routing.owner``'s (slot_state's pure ``resolve_slot``); this module
+  only drives an exchange (send, wait, fail) around them, so exchange.py keeps its
+  hot path. It knows the exchange as ``h1relay.Relay``, below ``exchange``.
 - A request is sent only to the owner the newest map names. After a 421 carrying
   epoch E above the epoch the request was sent with, the request waits (within the
   route's timeout) for a map at epoch >= E and is routed again from scratch; the
@@ -17,16 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from sidecar.errors import ProxyError
+from sidecar.h1relay import Relay
+from sidecar.routing import NeedBody, Refusal, Routed, owner
 from sidecar.slot_routing import refused_epoch
-from sidecar.slot_state import resolve_slot
-
-if TYPE_CHECKING:
-    from sidecar.exchange import Exchange
-    from sidecar.shardmap import RouteState
-    from sidecar.upstream import UpstreamConnection
+from sidecar.upstream import UpstreamConnection
 
 log = logging.getLogger("shardmesh.sidecar.slots")
 
@@ -36,28 +33,30 @@ _WAITING = ("shard_unavailable", "shard_map_not_ready")
 _COUNTED = 256 * 1024
 
 
-def route(ex: Exchange, state: RouteState, key: str) -> None:
-    """Route ``key`` in slot mode: send to its slot's owner, hold (wait:<ms>) or fail."""
+def route(ex: Relay, decision: Routed | Refusal) -> None:
+    """Act on a slot-mode decision that found the key: send to its slot's owner, hold
+    (wait:<ms>) or fail."""
+    state, key = decision.state, decision.key
+    assert state is not None and key is not None
     ex.slot_key = key
     if ex.replay is None and ex.replay_bytes == 0:
         ex.replay = []  # first routing: keep what is sent, for a replay after a 421
-    try:
-        shard, _, fence = resolve_slot(state, key)
-    except ProxyError as err:
-        if state.spec.wait_ms and err.code in _WAITING:
-            count(ex.conn.ctx.stats.slot_held, state.name, "migrating" if err.details.get(
-                "moving") else "unavailable")
-            loop = ex.conn.loop
-            ex.task = loop.create_task(hold(ex, state.name, key,
-                                            ex.conn.now() + state.spec.wait_ms / 1000))
-            return
-        ex.fail(err)
+    if isinstance(decision, Routed):
+        ex.fence = decision.fence
+        ex.send(state, decision.ordinal, decision.shard)
         return
-    ex.fence = fence
-    ex.send(state, shard.ordinal, shard)
+    err = decision.error
+    if state.spec.wait_ms and err.code in _WAITING:
+        count(ex.conn.ctx.stats.slot_held, state.name, "migrating" if err.details.get(
+            "moving") else "unavailable")
+        loop = ex.conn.loop
+        ex.task = loop.create_task(hold(ex, state.name, key,
+                                        ex.conn.now() + state.spec.wait_ms / 1000))
+        return
+    ex.fail(err)
 
 
-async def hold(ex: Exchange, name: str, key: str, deadline: float) -> None:
+async def hold(ex: Relay, name: str, key: str, deadline: float) -> None:
     """``wait:<ms>``: resolve again on every map change until sent or the wait is over."""
     ctx = ex.conn.ctx
     while True:
@@ -66,22 +65,23 @@ async def hold(ex: Exchange, name: str, key: str, deadline: float) -> None:
             ex.task = None
             ex.fail(ProxyError("unknown_route", f"route '{name}' was removed", route=name))
             return
-        try:
-            shard, _, fence = resolve_slot(state, key)
-        except ProxyError as err:
+        decision = owner(state, key, ex.target, True)
+        if isinstance(decision, Refusal):
+            err = decision.error
             if err.code not in _WAITING or not await changed(ex, name, deadline):
                 ex.task = None
                 waited = f"{err.message} (waited {state.spec.wait_ms} ms)"
                 ex.fail(ProxyError(err.code, waited, **err.details))
                 return
             continue
+        assert isinstance(decision, Routed)
         ex.task = None
-        ex.fence = fence
-        ex.send(state, shard.ordinal, shard)
+        ex.fence = decision.fence
+        ex.send(state, decision.ordinal, decision.shard)
         return
 
 
-async def changed(ex: Exchange, name: str, deadline: float) -> bool:
+async def changed(ex: Relay, name: str, deadline: float) -> bool:
     """Wait for the route's next map change; False when ``deadline`` passed first."""
     remaining = deadline - ex.conn.now()
     if remaining <= 0:
@@ -94,7 +94,7 @@ async def changed(ex: Exchange, name: str, deadline: float) -> bool:
     return True
 
 
-def keep(ex: Exchange, pieces: Iterable[bytes]) -> None:
+def keep(ex: Relay, pieces: Iterable[bytes]) -> None:
     """Keep body bytes sent upstream for a replay, up to the bound; past it, none."""
     replay = ex.replay
     assert replay is not None
@@ -110,7 +110,7 @@ def keep(ex: Exchange, pieces: Iterable[bytes]) -> None:
         ctx.hold(ex.conn, limit + _COUNTED)  # against --buffer-budget, as a json: body
 
 
-def misdirected(ex: Exchange, up: UpstreamConnection) -> None:
+def misdirected(ex: Relay, up: UpstreamConnection) -> None:
     """The backend answered 421: drop it (nothing of it is relayed) and route again."""
     state = ex.state
     assert state is not None and state.slotmap is not None
@@ -141,7 +141,7 @@ def misdirected(ex: Exchange, up: UpstreamConnection) -> None:
     ex.task = ex.conn.loop.create_task(catch_up(ex, name, epoch, where))
 
 
-async def catch_up(ex: Exchange, name: str, epoch: int, where: str) -> None:
+async def catch_up(ex: Relay, name: str, epoch: int, where: str) -> None:
     """Wait (within the route's timeout) for a map at ``epoch``, then route again."""
     ctx = ex.conn.ctx
     state = ctx.map.get(name)
@@ -168,7 +168,9 @@ async def catch_up(ex: Exchange, name: str, epoch: int, where: str) -> None:
     ex.pending_bytes = sum(len(p) for p in ex.pending)
     ex.replay, ex.replay_bytes = None, 0
     ex.expect_continue = False  # the client was told to continue once already
-    route(ex, state, ex.slot_key)
+    decision = owner(state, ex.slot_key, ex.target, True)
+    assert not isinstance(decision, NeedBody)
+    route(ex, decision)
 
 
 def header(head: list[bytes], name: bytes) -> bytes | None:

@@ -2,11 +2,14 @@
 
 ``route`` resolves a key to (slot, owner, migration) on an immutable ``SlotMap``;
 ``fencing_headers`` are the upstream header lines; ``refused_epoch`` reads a
-backend's 421; ``supersedes`` says whether a new map may replace the current one.
+backend's 421; ``supersedes`` says whether a new map may replace the current one,
+``next_slots`` which map a route goes on with, and ``fences`` precomputes the
+upstream lines per ordinal (``shardmap`` builds every route state with them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.slots import EPOCH, SLOTS, Migration, SlotError, SlotMap, parse_epoch, slot_for
@@ -57,3 +60,33 @@ def supersedes(old: SlotMap | None, new: SlotMap) -> str:
     if new.epoch == old.epoch and new != old:
         return f"the map changed but {EPOCH} stayed at {new.epoch}"
     return ""
+
+
+def next_slots(old: SlotMap | None, parsed: SlotMap | None,
+               error: str) -> tuple[SlotMap | None, bool, str]:
+    """(the map to route by, slot mode?, the problem to show) after an annotation change.
+
+    ``error`` is a ``SlotError``'s message (slot mode was asked for, the map is bad).
+    A bad map or one that may not replace ``old`` (``supersedes``) keeps ``old``;
+    with no good map yet nothing is routed: a default-mode guess could misroute.
+    No ``shard.io/slots`` at all is default mode.
+    """
+    kept = (f"; keeping the map at epoch {old.epoch}" if old is not None
+            else "; no good map yet, nothing is routed")
+    if error:
+        return old, True, error + kept
+    if parsed is None:
+        return None, False, ""
+    why = supersedes(old, parsed)
+    if why:
+        return old, True, why + kept
+    return parsed, True, ""
+
+
+def fences(smap: SlotMap | None, ordinals: Iterable[int]) -> dict[int, bytes]:
+    """ordinal -> its X-Shard-Slots, X-Shard-Epoch and X-Shard-Ordinal lines (the
+    slot's own line is per request)."""
+    if smap is None:
+        return {}
+    return {o: b"X-Shard-Slots: %d\r\nX-Shard-Epoch: %d\r\nX-Shard-Ordinal: %d\r\n"
+            % (smap.slots, smap.epoch, o) for o in ordinals}

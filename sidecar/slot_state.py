@@ -1,53 +1,19 @@
-"""Slot mode in the sidecar's map (SPEC §6): which slot map a route uses, and who owns a key.
+"""Slot mode in the sidecar's map (SPEC §6): who owns a key.
 
-Pure: discovery hands over what a StatefulSet's annotations parse to; ``next_slots``
-decides whether that replaces the route's map (else the last good map stays, with
-the reason); ``resolve_slot`` is slot mode's ``shardmap.resolve``; ``fences`` are
-the upstream header lines precomputed per (map, ordinal), so a request only adds
-its ``X-Shard-Slot`` line.
+Pure: ``resolve_slot`` is slot mode's ``shardmap.resolve``. ``next_slots`` (which slot
+map a route uses) and ``fences`` (the upstream header lines precomputed per map and
+ordinal) live in ``slot_routing``, below ``shardmap``, which builds its states with
+them; they are named here too, where callers have always found them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
 from sidecar.errors import ProxyError
-from sidecar.slot_routing import supersedes
-from sidecar.slots import ASSIGNMENT, SLOTS, SlotMap, slot_for
+from sidecar.shardmap import RouteState, Shard
+from sidecar.slot_routing import fences, next_slots
+from sidecar.slots import ASSIGNMENT, SLOTS, slot_for
 
-if TYPE_CHECKING:
-    from sidecar.shardmap import RouteState, Shard
-
-
-def next_slots(old: SlotMap | None, parsed: SlotMap | None,
-               error: str) -> tuple[SlotMap | None, bool, str]:
-    """(the map to route by, slot mode?, the problem to show) after an annotation change.
-
-    ``error`` is a ``SlotError``'s message (slot mode was asked for, the map is bad).
-    A bad map or one that may not replace ``old`` (``supersedes``) keeps ``old``;
-    with no good map yet nothing is routed: a default-mode guess could misroute.
-    No ``shard.io/slots`` at all is default mode.
-    """
-    kept = (f"; keeping the map at epoch {old.epoch}" if old is not None
-            else "; no good map yet, nothing is routed")
-    if error:
-        return old, True, error + kept
-    if parsed is None:
-        return None, False, ""
-    why = supersedes(old, parsed)
-    if why:
-        return old, True, why + kept
-    return parsed, True, ""
-
-
-def fences(smap: SlotMap | None, ordinals: Iterable[int]) -> dict[int, bytes]:
-    """ordinal -> its X-Shard-Slots, X-Shard-Epoch and X-Shard-Ordinal lines (the
-    slot's own line is per request)."""
-    if smap is None:
-        return {}
-    return {o: b"X-Shard-Slots: %d\r\nX-Shard-Epoch: %d\r\nX-Shard-Ordinal: %d\r\n"
-            % (smap.slots, smap.epoch, o) for o in ordinals}
+__all__ = ["fences", "next_slots", "resolve_slot"]
 
 
 def resolve_slot(state: RouteState, key: str) -> tuple[Shard, int, bytes]:

@@ -7,29 +7,57 @@ Design rules:
 - One request at a time per connection; a connection goes back to its pool only
   when the response is complete, the request was sent whole, and the backend
   kept it alive. Anything else closes it.
-- The response parser reports to its exchange (the listener) through the
-  exchange's ``on_response_*`` and ``on_upstream_*`` methods; it never writes to
-  the client itself.
+- The response parser reports to its exchange through the ``Listener`` methods
+  (``on_response_*``, ``on_upstream_*``); it never writes to the client itself.
+  ``Listener`` is the exchange's base class, declared here so that this module
+  needs no import of the exchange's: compiled, the calls stay native ones.
+- The pools are found by route state (``Pools.pool``): the shard map holds no
+  connections, and a new state of a route starts from the pools of its addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import httptools
 
 from sidecar import http11
 from sidecar.metrics import Slot, Stats
-
-if TYPE_CHECKING:
-    # The concrete class, not a Protocol: compiled together, calls to it are native.
-    from sidecar.exchange import Exchange
+from sidecar.shardmap import RouteState
 
 
 class _HeadersOnly(Exception):
     """Raised from the parser callback to stop after the head of a HEAD response."""
+
+
+class Listener:
+    """What a connection reports its response to: the exchange (``h1relay.Relay``)
+    overrides every method. A base class, not a Protocol: compiled, a call through it
+    is a native (vtable) call."""
+
+    def on_response_head(self, up: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def on_response_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_response_done(self, up: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def on_upstream_lost(self, up: UpstreamConnection, error: str) -> None:
+        raise NotImplementedError
+
+    def on_upstream_full(self) -> None:
+        raise NotImplementedError
+
+    def on_upstream_drained(self) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Write what the reads just relayed to the client (once per read)."""
+        raise NotImplementedError
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -40,7 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._new_parser()
         self.send: Callable[[bytes], None] = not_connected
-        self.listener: Exchange | None = None
+        self.listener: Listener | None = None
         self.closed = False
         #: Served at least one request (a stale keep-alive may fail without our fault).
         self.used = False
@@ -68,7 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the exchange ---------------------------------------------
 
-    def start(self, listener: Exchange, data: bytes, head_only: bool) -> None:
+    def start(self, listener: Listener, data: bytes, head_only: bool) -> None:
         """Send a request head (and whatever body is at hand) and listen for the answer."""
         if self.used:
             self.status = 0
@@ -76,7 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.content_length = None
             self.chunked = self.got_bytes = self.complete = False
             self.keep_alive = True
-            if self.drop:
+            if len(self.drop):  # len(): compiled, a field read; truth is a generic call
                 self.drop = frozenset()
         self.head_only = head_only
         self.listener = listener
@@ -162,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         special = http11.response_special(name)
-        if not special:
+        if not len(special):
             head = self.head
             head.append(name)
             head.append(b": ")
@@ -174,7 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.chunked = b"chunked" in value.lower()
         elif special == b"connection":
             tokens = http11.connection_tokens(value)
-            if tokens:
+            if len(tokens):
                 self.drop = self.drop | tokens
 
     def on_headers_complete(self) -> None:
@@ -187,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head[0] = http11.STATUS_LINES[status]  # llhttp refuses a status over 999
         self.keep_alive = self.should_keep_alive()
-        if self.drop:
+        if len(self.drop):
             head, drop = self.head, self.drop
             kept = [head[0]]
             for i in range(1, len(head) - 3, 4):
@@ -273,6 +301,27 @@ class Pools:
         self.max_idle = max_idle
         self.stats = stats
         self.pools: dict[tuple[str, int, tuple[str, int]], Pool] = {}
+        #: Route name -> (its state requests were last sent with, ordinal -> pool):
+        #: a cache, so that the request path finds a pool by ordinal only.
+        self.by_state: dict[str, tuple[RouteState, dict[int, Pool]]] = {}
+        # The last of them, checked first: one route, or a run of requests to one.
+        self.last: RouteState | None = None
+        self.last_pools: dict[int, Pool] = {}
+
+    def pool(self, state: RouteState, ordinal: int, address: tuple[str, int]) -> Pool:
+        """The pool of ``ordinal`` (at ``address``) for a request routed with ``state``."""
+        if state is self.last:
+            pools = self.last_pools
+        else:
+            cached = self.by_state.get(state.name)
+            if cached is None or cached[0] is not state:
+                cached = self.by_state[state.name] = (state, {})
+            self.last, self.last_pools = state, cached[1]
+            pools = cached[1]
+        pool = pools.get(ordinal)
+        if pool is None:
+            pool = pools[ordinal] = self.get(state.name, ordinal, address)
+        return pool
 
     def get(self, route: str, ordinal: int, address: tuple[str, int]) -> Pool:
         key = (route, ordinal, address)
@@ -284,6 +333,9 @@ class Pools:
 
     def retain(self, route: str, current: set[tuple[int, tuple[str, int]]]) -> None:
         """Close the pools of ``route`` whose (ordinal, address) is no longer in the map."""
+        self.by_state.pop(route, None)
+        if self.last is not None and self.last.name == route:
+            self.last, self.last_pools = None, {}
         for key in [k for k in self.pools if k[0] == route and (k[1], k[2]) not in current]:
             self.pools.pop(key).close()
 
@@ -291,3 +343,5 @@ class Pools:
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
+        self.by_state.clear()
+        self.last, self.last_pools = None, {}

@@ -378,3 +378,23 @@ def test_bad_chunk_mid_body_aborts_the_upstream_connection(proxy: SidecarThread,
         b"Connection: close\r\n\r\n")
     wait_for_requests(recorder, 1)
     assert [(r.target, r.connection) for r in recorder.requests] == [(b"/x", 2)]
+
+
+@pytest.mark.parametrize("head", [
+    pytest.param(b"GET /svc/ws HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n"
+                 b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", id="upgrade"),
+    pytest.param(b"GET /svc/ws HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n"
+                 b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n", id="upgrade-last"),
+])
+def test_no_tunnels_an_upgrade_is_answered_once_then_closed(head: bytes, proxy: SidecarThread,
+                                                           recorder: Recorder) -> None:
+    """An upgrade request is served as plain HTTP/1.1 without its Upgrade, and the
+    connection closes after it: what follows it is never read as a request."""
+    started = time.monotonic()
+    answer = raw(proxy.port, head + b"GET /svc/next HTTP/1.1\r\nHost: x\r\nX-Shard-Key: 1\r\n\r\n")
+    assert time.monotonic() - started < 3, "the connection was not closed after the answer"
+    (status, got, _), = responses(answer)
+    assert status == 200 and b"Connection: close" in got
+    wait_for_requests(recorder, 1)
+    assert [r.target for r in recorder.requests] == [b"/ws"]
+    assert recorder.requests[0].values(b"upgrade") == []
