@@ -46,6 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per stream count (min CPU)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--profile", help="run the sidecar under cProfile, stats to this file")
     args = parser.parse_args()
     bench = bench_sidecar.Bench(argparse.Namespace(pin=False, duration=1))
@@ -64,7 +65,7 @@ def main() -> int:
         for port in [*ports, listen]:
             bench_sidecar.wait_port(port)
         h2load(listen, 50, 2000, bench.tmp)  # warm up
-        for streams in (1, 50):
+        for streams in args.streams:
             cpus = []
             for _ in range(args.repeat):
                 before = bench_sidecar.cpu_seconds(sidecar.pid)

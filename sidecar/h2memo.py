@@ -135,8 +135,8 @@ class MemoStream(H2Stream):
                               hdr_validation_flags: HeaderValidationFlags,
                               ) -> list[HeadersFrame | ContinuationFrame | PushPromiseFrame]:
         if isinstance(encoder, MemoEncoder):
-            items = tuple(headers)
-            if not any(isinstance(h, NeverIndexedHeaderTuple) or len(h) != 2 for h in items):
+            items = tuple(headers)  # h2 made them (name, value) pairs of bytes already
+            if NeverIndexedHeaderTuple not in map(type, items):
                 encoder.next_key = (hdr_validation_flags, items)
             headers = items
         return super()._build_headers_frames(headers, encoder, first_frame,
