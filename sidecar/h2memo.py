@@ -34,9 +34,16 @@ from hpack.table import HeaderTable
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PushPromiseFrame
 
 #: Distinct header blocks kept per connection and direction; more clears the cache.
-MAX_ENTRIES: Final = 64
-#: Encoded blocks longer than this are not kept (a repeating block is small).
-MAX_BLOCK: Final = 4096
+MAX_ENTRIES: Final = 32
+#: Blocks longer than this (encoded), or header lists larger than MAX_LIST (the
+#: names and values), are not kept: a gRPC call's block is some 20-300 bytes,
+#: and a connection's caches stay under MAX_ENTRIES * MAX_LIST of headers.
+MAX_BLOCK: Final = 1024
+MAX_LIST: Final = 8192
+
+
+def list_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
 
 
 class CountingTable(HeaderTable):
@@ -87,12 +94,18 @@ class MemoDecoder(Decoder):
             self._assert_valid_table_size()  # the limit may have changed since
             return hit
         headers = super().decode(data, raw)
-        if not raw or table.changes != state[0] or len(data) > MAX_BLOCK:
+        if not raw or table.changes != state[0] or len(data) > MAX_BLOCK or \
+                list_size(headers) > MAX_LIST:
             return headers
         if state != self.kept_at or len(self.kept) >= MAX_ENTRIES:
             self.kept, self.kept_at = {}, state
         decoded = self.kept[bytes(data)] = Decoded(headers)
         return decoded
+
+
+#: What ``MemoStream`` names an outbound header list by: its validation flags and the
+#: (name, value) pairs h2 was given.
+ListKey = tuple[HeaderValidationFlags, tuple[tuple[bytes, bytes], ...]]
 
 
 class MemoEncoder(Encoder):
@@ -104,22 +117,23 @@ class MemoEncoder(Encoder):
         self.header_table = CountingTable()
         self.header_table.maxsize = source.header_table.maxsize
         self.table_size_changes = list(source.table_size_changes)
-        self.next_key: object = None
-        self.kept: dict[object, bytes] = {}
+        self.next_key: ListKey | None = None
+        self.kept: dict[tuple[ListKey, bool], bytes] = {}
         self.kept_at = 0
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        key, self.next_key = self.next_key, None
+        named, self.next_key = self.next_key, None
         table = self.header_table
         assert isinstance(table, CountingTable)
         changes = table.changes
-        if key is None or self.table_size_changes:  # a size update must be sent in this block
+        if named is None or self.table_size_changes:  # a size update goes in this block
             return super().encode(headers, huffman)
-        key = (key, huffman)
+        key = (named, huffman)
         if changes == self.kept_at and (hit := self.kept.get(key)) is not None:
             return hit
         block = super().encode(headers, huffman)
-        if table.changes == changes and len(block) <= MAX_BLOCK:
+        if table.changes == changes and len(block) <= MAX_BLOCK and \
+                list_size(named[1]) <= MAX_LIST:
             if changes != self.kept_at or len(self.kept) >= MAX_ENTRIES:
                 self.kept, self.kept_at = {}, changes
             self.kept[key] = block

@@ -13,12 +13,15 @@ import h2.connection
 import h2.events
 import pytest
 from h2.exceptions import ProtocolError
+from h2.utilities import HeaderValidationFlags
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple, OversizedHeaderListError
 
 from sidecar.h2memo import Decoded, MemoDecoder, MemoEncoder, MemoH2Connection
 from sidecar.h2wire import new_connection
 
 Headers = list[tuple[bytes, bytes]]
+FLAGS = HeaderValidationFlags(is_client=True, is_trailer=False, is_response_header=False,
+                              is_push_promise=False)
 
 
 def request(path: bytes, *extra: tuple[bytes, bytes]) -> Headers:
@@ -97,7 +100,7 @@ def test_encoder_emits_the_same_bytes_as_hpack() -> None:
             continue
         items = tuple(as_sent(step))
         key_free = not any(isinstance(h, NeverIndexedHeaderTuple) for h in items)
-        memo.next_key = ("request", items) if key_free else None
+        memo.next_key = (FLAGS, items) if key_free else None
         kept = memo.kept.get((memo.next_key, True))
         got = memo.encode(items)
         hits += kept is not None and got is kept
@@ -178,3 +181,19 @@ def test_memo_connection_class_is_what_the_sidecar_uses() -> None:
     conn = new_connection(client_side=True, max_streams=10)
     assert isinstance(conn, MemoH2Connection)
     assert isinstance(conn.encoder, MemoEncoder) and isinstance(conn.decoder, MemoDecoder)
+
+
+def test_large_header_lists_are_not_kept() -> None:
+    """A short block can name a big table entry many times: kept by its decoded size."""
+    memo = MemoDecoder(Decoder())
+    memo.decode(Encoder().encode([(b"x-big", b"v" * 3000)]), raw=True)  # index 62
+    assert list(memo.decode(b"\xbe\xbe\xbe", raw=True)) == [(b"x-big", b"v" * 3000)] * 3
+    assert b"\xbe\xbe\xbe" not in memo.kept
+    memo.decode(b"\xbe", raw=True)
+    assert b"\xbe" in memo.kept
+    encoder = MemoEncoder(Encoder())
+    big = ((b"x-big", b"v" * 3000),) * 3
+    for _ in range(2):
+        encoder.next_key = (FLAGS, big)
+        encoder.encode(big)
+    assert not encoder.kept
