@@ -30,7 +30,8 @@ _spec.loader.exec_module(bench_grpc)
 bench_sidecar = bench_grpc.bench_sidecar
 
 
-def h2load(port: int, streams: int, calls: int, tmp: Path) -> float:
+def h2load(port: int, streams: int, calls: int, tmp: Path) -> tuple[float, str]:
+    """RPC/s and h2load's mean time per request."""
     argv = ["h2load", "-c1", "-t1", f"-m{streams}", f"-n{calls}", "-d", str(tmp / "request.bin"),
             "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-H", "x-shard-key: 1", f"http://127.0.0.1:{port}{bench_grpc.METHOD}"]
@@ -38,8 +39,10 @@ def h2load(port: int, streams: int, calls: int, tmp: Path) -> float:
     requests = next(line for line in out.splitlines() if line.startswith("requests:"))
     if f"{calls} succeeded" not in requests:
         raise RuntimeError(f"h2load: not every call succeeded:\n{out}")
-    return float(next(line for line in out.splitlines()
-                      if line.startswith("finished in")).split(",")[1].split()[0])
+    mean = next(line for line in out.splitlines() if line.startswith("time for request:"))
+    return (float(next(line for line in out.splitlines()
+                       if line.startswith("finished in")).split(",")[1].split()[0]),
+            mean.split()[5])
 
 
 def main() -> int:
@@ -66,13 +69,15 @@ def main() -> int:
             bench_sidecar.wait_port(port)
         h2load(listen, 50, 2000, bench.tmp)  # warm up
         for streams in args.streams:
-            cpus = []
+            cpus, means = [], []
             for _ in range(args.repeat):
                 before = bench_sidecar.cpu_seconds(sidecar.pid)
-                rps = h2load(listen, streams, args.calls, bench.tmp)
+                rps, mean = h2load(listen, streams, args.calls, bench.tmp)
                 cpus.append((bench_sidecar.cpu_seconds(sidecar.pid) - before) * 1e6 / args.calls)
+                means.append(mean)
             print(f"streams {streams}: CPU per call {min(cpus):.1f} us (runs: "
-                  + " ".join(f"{c:.1f}" for c in cpus) + f"), last run {rps:,.0f} RPC/s")
+                  + " ".join(f"{c:.1f}" for c in cpus) + f"), last run {rps:,.0f} RPC/s, "
+                  "mean time per call " + " ".join(means))
         if args.profile:
             sidecar.send_signal(signal.SIGINT)
             sidecar.wait(10)
