@@ -78,6 +78,10 @@ def main() -> int:
             print(f"streams {streams}: CPU per call {min(cpus):.1f} us (runs: "
                   + " ".join(f"{c:.1f}" for c in cpus) + f"), last run {rps:,.0f} RPC/s, "
                   "mean time per call " + " ".join(means))
+        status = Path(f"/proc/{sidecar.pid}/status").read_text()
+        print("sidecar RSS: " + ", ".join(line.replace("\t", " ").replace("  ", "")
+                                          for line in status.splitlines()
+                                          if line.startswith(("VmHWM", "VmRSS"))))
         if args.profile:
             sidecar.send_signal(signal.SIGINT)
             sidecar.wait(10)

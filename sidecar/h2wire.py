@@ -39,6 +39,12 @@ MAX_HEADER_LIST: Final = 64 * 1024
 class DrainingH2Connection(MemoH2Connection):
     """An ``H2Connection`` that stays open for the streams a received GOAWAY lets finish."""
 
+    #: How many closed streams h2 remembers (to tell a late frame on a reset stream from
+    #: a protocol error). h2's 65,536 is an OrderedDict of some 8 MB on every busy
+    #: long-lived connection (backend ones are); four times the streams a client may
+    #: have open still covers every frame in flight.
+    MAX_CLOSED_STREAMS = 4 * MAX_CLIENT_STREAMS
+
     def _receive_goaway_frame(self, frame: Any) -> Any:
         state = self.state_machine.state
         result = super()._receive_goaway_frame(frame)
