@@ -148,13 +148,17 @@ class MemoStream(H2Stream):
                               first_frame: HeadersFrame | PushPromiseFrame,
                               hdr_validation_flags: HeaderValidationFlags,
                               ) -> list[HeadersFrame | ContinuationFrame | PushPromiseFrame]:
-        if isinstance(encoder, MemoEncoder):
-            items = tuple(headers)  # h2 made them (name, value) pairs of bytes already
-            if NeverIndexedHeaderTuple not in map(type, items):
-                encoder.next_key = (hdr_validation_flags, items)
-            headers = items
-        return super()._build_headers_frames(headers, encoder, first_frame,
-                                             hdr_validation_flags)
+        if not isinstance(encoder, MemoEncoder):
+            return super()._build_headers_frames(headers, encoder, first_frame,
+                                                 hdr_validation_flags)
+        items = tuple(headers)  # h2 made them (name, value) pairs of bytes already
+        if NeverIndexedHeaderTuple not in map(type, items):
+            encoder.next_key = (hdr_validation_flags, items)
+        try:
+            return super()._build_headers_frames(items, encoder, first_frame,
+                                                 hdr_validation_flags)
+        finally:
+            encoder.next_key = None  # never left for another list, whatever h2 raised
 
     def _process_received_headers(self, headers: Iterable[Any],
                                   header_validation_flags: HeaderValidationFlags,
