@@ -107,7 +107,9 @@ class Bridge(Replays):
                                     self.front.shared.ctx.map.routes)
         return picked[1] if isinstance(picked, tuple) else b"/"
 
-    def on_client_data(self, data: bytes, flow: int) -> None:
+    def on_client_data(self, data: bytes, flow: int, ending: bool = False) -> None:
+        """``ending``: the frame had END_STREAM; ``on_client_end`` follows at once and
+        pushes, so the request's last DATA frame to the backend carries END_STREAM too."""
         if self.need is not None:
             # A json: key: the body is read (and acknowledged) before anything is sent.
             self.front.h2.acknowledge_received_data(flow, self.sid)
@@ -120,7 +122,8 @@ class Bridge(Replays):
             return
         self.keep(data)
         self.to_up.append((data, flow))
-        self.push_up()
+        if not ending:
+            self.push_up()
 
     def on_client_end(self, trailers: Headers | None = None) -> None:
         self.client_ended = True

@@ -23,6 +23,7 @@ class FlowControl(StreamPair):
         if up is None or self.finished or up.closed or self.up_ended:
             return
         h2, sid, ack = up.h2, self.up_sid, self.front.h2.acknowledge_received_data
+        ended = False  # END_STREAM went out on the last DATA frame (one frame less)
         try:
             while self.to_up and not up.write_paused:
                 data, flow = self.to_up[0]
@@ -32,7 +33,9 @@ class FlowControl(StreamPair):
                 if len(data) <= room:
                     self.to_up.pop(0)
                     if data:
-                        h2.send_data(sid, data)
+                        ended = not self.to_up and self.client_ended and \
+                            self.request_trailers is None
+                        h2.send_data(sid, data, end_stream=ended)
                     if flow:
                         ack(flow, self.sid)
                 else:
@@ -41,7 +44,9 @@ class FlowControl(StreamPair):
                     if flow:
                         ack(min(flow, room), self.sid)
             if not self.to_up and self.client_ended:
-                if self.request_trailers is not None:
+                if ended:
+                    pass
+                elif self.request_trailers is not None:
                     h2.send_headers(sid, self.request_trailers, end_stream=True)
                 else:
                     h2.end_stream(sid)

@@ -152,7 +152,8 @@ class H2Front(asyncio.Protocol):
             if bridge is None:  # answered already: the rest is read and dropped
                 self.h2.acknowledge_received_data(event.flow_controlled_length or 0, sid)
             else:
-                bridge.on_client_data(event.data or b"", event.flow_controlled_length or 0)
+                bridge.on_client_data(event.data or b"", event.flow_controlled_length or 0,
+                                      event.stream_ended is not None)
         elif isinstance(event, ev.RequestReceived):
             bridge = Bridge(self, sid, list(event.headers or ()))
             self.streams[sid] = bridge

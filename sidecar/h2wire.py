@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionState
 from h2.settings import SettingCodes
+
+from sidecar.h2memo import MemoH2Connection
 
 #: The client connection preface (RFC 9113 §3.4): prior knowledge h2c starts with it.
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -34,8 +36,14 @@ MAX_UPSTREAM_STREAMS: Final = 1000
 MAX_HEADER_LIST: Final = 64 * 1024
 
 
-class DrainingH2Connection(H2Connection):
+class DrainingH2Connection(MemoH2Connection):
     """An ``H2Connection`` that stays open for the streams a received GOAWAY lets finish."""
+
+    #: How many closed streams h2 remembers (to tell a late frame on a reset stream from
+    #: a protocol error). h2's 65,536 is an OrderedDict of some 8 MB on every busy
+    #: long-lived connection (backend ones are); four times the streams a client may
+    #: have open still covers every frame in flight.
+    MAX_CLOSED_STREAMS = 4 * MAX_CLIENT_STREAMS
 
     def _receive_goaway_frame(self, frame: Any) -> Any:
         state = self.state_machine.state
