@@ -19,7 +19,7 @@ from h2.config import H2Configuration
 from h2.connection import ConnectionState
 from h2.settings import SettingCodes
 
-from sidecar.h2memo import MemoH2Connection
+from sidecar.h2fast import FastH2Connection
 
 #: The client connection preface (RFC 9113 §3.4): prior knowledge h2c starts with it.
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -36,7 +36,7 @@ MAX_UPSTREAM_STREAMS: Final = 1000
 MAX_HEADER_LIST: Final = 64 * 1024
 
 
-class DrainingH2Connection(MemoH2Connection):
+class DrainingH2Connection(FastH2Connection):
     """An ``H2Connection`` that stays open for the streams a received GOAWAY lets finish."""
 
     #: How many closed streams h2 remembers (to tell a late frame on a reset stream from
