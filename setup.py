@@ -41,11 +41,23 @@ COMPILED = [
     "sidecar/h1requests.py",
     "sidecar/proxy.py",
     "sidecar/h1timeouts.py",
+    "sidecar/h2errors.py",
+    "sidecar/h2headers.py",
+    "sidecar/h2slots.py",
+    "sidecar/h2stream.py",
+    "sidecar/h2flow.py",
+    "sidecar/h2answers.py",
+    "sidecar/h2replay.py",
+    "sidecar/h2bridge.py",
+    "sidecar/h2upstream.py",
+    "sidecar/h2front.py",
 ]
 #: Not on the request path, so plain Python: discovery, the directory stream, and
 #: ``listwatch``/``pods`` (mypyc accepts them, but the directory's informer and
 #: the sidecar's ``RouteWatch`` extend ``listwatch.StatefulSetWatch``, and an
 #: interpreted class may not inherit from a compiled one).
+#: HTTP/2's ``h2wire``, ``h2memo`` and ``h2fast`` stay plain too: they subclass
+#: the h2 library's (interpreted) classes, which a compiled class may not.
 
 
 def say(message: str) -> None:
