@@ -131,3 +131,16 @@ def test_trailers_without_end_stream_are_refused_as_by_h2() -> None:
         conn.send_headers(1, REQUEST)
         with pytest.raises(ProtocolError, match="END_STREAM"):
             conn.send_headers(1, [(b"x-trailer", b"1")])
+
+
+def test_a_header_block_split_over_continuation_frames_is_the_same() -> None:
+    """Several frames in one batch (HEADERS and CONTINUATIONs) and one frame alone."""
+    big = [*REQUEST, (b"x-big", b"v" * 40_000)]
+    sent = []
+    for conn in (new_connection(client_side=True, max_streams=100), plain(True)):
+        conn.send_headers(1, big)
+        conn.send_data(1, b"\0\0\0\0\x01x", end_stream=True)
+        sent.append(conn.data_to_send())
+    assert sent[0] == sent[1]
+    # CONTINUATION frames (type 9) on stream 1: one without END_HEADERS, the last with it.
+    assert b"\x09\x00\x00\x00\x00\x01" in sent[0] and b"\x09\x04\x00\x00\x00\x01" in sent[0]
