@@ -181,7 +181,8 @@ def report(results: dict[str, dict[int, Result]], rss_kib: int, pinned: bool,
     print(f"\nshardmesh gRPC benchmark: h2load, one connection, {args.duration}s per run, median "
           f"of {args.rounds} interleaved rounds (ratios: the median of each round's ratio), "
           f"unary calls with x-shard-key, 3 Go h2c gRPC backends; {where}; "
-          f"sidecar data plane {bench_sidecar.data_plane()} (HTTP/2: plain Python + h2)\n")
+          f"sidecar data plane {bench_sidecar.data_plane()} "
+          "(HTTP/2: the h2 library, plain Python)\n")
     print_ratio_table(results, ratios, rss_kib, GOALS, rate="RPC/s", cpu_per="RPC")
 
 
