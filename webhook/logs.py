@@ -89,6 +89,11 @@ class Throttle:
                 del self._held[key]
                 self._emit(key, now, msg, level, fields, count - 1)
 
+    def close(self) -> None:
+        """Log every event still held back, interval or not: at a worker's exit, so a
+        burst's count is not lost to a stop that comes before the next ``flush``."""
+        self.flush(float("inf"))
+
     def _emit(self, key: str, now: float, msg: str, level: int, fields: dict[str, Any],
               left_out: int) -> None:
         self._last[key] = now

@@ -218,6 +218,12 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]
                                     self.slow)
         super().init_process()
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:  # graceful stop or quick exit: the held-back log lines still go out
+            self.slow.close()
+
     def timeout_ctx(self) -> _IdleWait:
         # gunicorn's keepalive loop waits for each request head inside this.
         return self.idle.wait()

@@ -68,3 +68,18 @@ def test_one_line_per_interval_and_key_with_the_count_left_out(
     assert lines[-1]["n"] == 1001 and lines[-1]["suppressed"] == 1
     throttle.flush(5.0)
     assert lines[-1]["n"] == 1001  # nothing held back
+
+
+def test_close_logs_what_is_held_back_before_its_interval_is_over(
+        lines: list[dict[str, object]]) -> None:
+    """A worker stopping within a second of a burst still accounts for all of it."""
+    now = [0.0]
+    throttle = logs.Throttle(1.0, clock=lambda: now[0])
+    for i in range(100):
+        now[0] = i / 1000
+        throttle.event("handshake timeout", "TLS handshake aborted", reason="timeout", n=i)
+    throttle.flush()  # the interval is not over: held
+    assert len(lines) == 1
+    throttle.close()
+    assert lines[-1]["n"] == 99 and lines[-1]["suppressed"] == 98
+    assert sum(1 + int(str(e.get("suppressed", 0))) for e in lines) == 100
