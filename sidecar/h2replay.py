@@ -15,7 +15,6 @@ Design rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Final, cast
@@ -167,38 +166,22 @@ class Replays(Answers):
     async def catch_up(self, routed: routing.Routed, verdict: Misdirected) -> None:
         """Wait (within the route's timeout) for a map at the 421's epoch, then route the
         same key again on it: the request goes only where that map says."""
-        shard_map = self.front.shared.ctx.map
         name, epoch = routed.state.name, verdict.epoch
         assert epoch is not None
-        end = self.loop.time() + routed.state.timeout_s
-        while True:
-            state = shard_map.get(name)
-            if state is None:
-                self.task = None
-                self.fail(ProxyError("unknown_route", f"route '{name}' was removed", route=name))
-                return
-            smap = state.slotmap
-            if smap is not None and smap.epoch >= epoch:
-                break
-            remaining = end - self.loop.time()
-            if remaining <= 0:
-                self.task = None
-                self.fail(ProxyError("shard_unavailable", (
-                    f"{verdict.where}, and the map did not reach epoch {epoch} within "
-                    f"{routed.state.timeout_s:g}s (it is at {smap.epoch if smap else 'none'})"),
-                    route=name, epoch=epoch))
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await shard_map.changed(name)
+        reached = await self.front.shared.ctx.map.at_epoch(
+            name, epoch, self.loop.time() + routed.state.timeout_s, self.loop.time,
+            verdict.where)
         self.task = None
+        if isinstance(reached, ProxyError):
+            self.fail(reached)
+            return
         if not self.send_again():  # the body went past the bound while waiting
             self.fail(ProxyError("shard_unavailable", (
                 f"{verdict.where}, and its body grew past the bound kept to replay it "
                 "(--max-json-body) while the sidecar waited for the map"), route=name))
             return
         self.replayed = True
-        self.decided(routing.owner(state, routed.key, routed.upstream_path, True))
+        self.decided(routing.owner(reached, routed.key, routed.upstream_path, True))
         self.front.touch()
 
     def decided(self, decision: routing.Decision) -> None:

@@ -271,6 +271,30 @@ class ShardMap:
         self._waiters.setdefault(name, []).append(future)
         return future
 
+    async def at_epoch(self, name: str, epoch: int, deadline: float,
+                       now: Callable[[], float], where: str) -> RouteState | ProxyError:
+        """Route ``name`` once its slot map reaches ``epoch`` (a backend's 421 said so,
+        SPEC §6), waiting on its changes until ``deadline`` by ``now``; else the error
+        to answer. Both front ends replay a 421 only on what this returns."""
+        while True:
+            state = self.get(name)
+            if state is None:
+                return ProxyError("unknown_route", f"route '{name}' was removed", route=name)
+            smap = state.slotmap
+            if smap is not None and smap.epoch >= epoch:
+                return state
+            remaining = deadline - now()
+            if remaining <= 0:
+                return ProxyError("shard_unavailable", (
+                    f"{where}, and the map did not reach epoch {epoch} within "
+                    f"{state.timeout_s:g}s (it is at {smap.epoch if smap else 'none'})"),
+                    route=name, epoch=epoch)
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.changed(name)
+            except TimeoutError:
+                pass
+
     @property
     def synced(self) -> bool:
         return all(s.synced for s in self.routes.values())

@@ -146,29 +146,17 @@ async def catch_up(ex: Relay, name: str, epoch: int, where: str) -> None:
     ctx = ex.conn.ctx
     state = ctx.map.get(name)
     deadline = ex.conn.now() + (state.timeout_s if state is not None else 0.0)
-    while True:
-        state = ctx.map.get(name)
-        if state is None:
-            ex.task = None
-            ex.fail(ProxyError("unknown_route", f"route '{name}' was removed", route=name))
-            return
-        smap = state.slotmap
-        if smap is not None and smap.epoch >= epoch:
-            break
-        if not await changed(ex, name, deadline):
-            ex.task = None
-            ex.fail(ProxyError("shard_unavailable", (
-                f"{where}, and the map did not reach epoch {epoch} within "
-                f"{state.timeout_s:g}s (it is at {smap.epoch if smap else 'none'})"),
-                route=name, epoch=epoch))
-            return
+    reached = await ctx.map.at_epoch(name, epoch, deadline, ex.conn.now, where)
     ex.task = None
+    if isinstance(reached, ProxyError):
+        ex.fail(reached)
+        return
     pending = ex.replay or []
     ex.pending = pending + ex.pending
     ex.pending_bytes = sum(len(p) for p in ex.pending)
     ex.replay, ex.replay_bytes = None, 0
     ex.expect_continue = False  # the client was told to continue once already
-    decision = owner(state, ex.slot_key, ex.target, True)
+    decision = owner(reached, ex.slot_key, ex.target, True)
     assert not isinstance(decision, NeedBody)
     route(ex, decision)
 
