@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -20,10 +19,9 @@ from kubernetes import client
 from directory.client import client_context
 from directory.settings import Settings
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kubelet import Kubelet
 from tests.cluster.naming import namespace_name
 from tests.cluster.waiting import wait_for
-from tests.directory.harness import DirectoryProcess, token
+from tests.directory.harness import DirectoryProcess
 from tests.directory.test_sidecar_cluster import DirectoryCluster
 from tests.sidecar.test_cluster import all_ready
 from webhook import certs
@@ -59,18 +57,6 @@ def store(directory: DirectoryProcess) -> CertStore:
                      ca_overlap_s=settings.ca_overlap_s)
 
 
-@pytest.fixture
-def cluster(control_plane: ControlPlane, namespace: str, kubelet: Kubelet,
-            tmp_path: Path) -> Iterator[DirectoryCluster]:
-    kubelet.watch(namespace)
-    setup = DirectoryCluster(control_plane, namespace, kubelet, tmp_path)
-    yield setup
-    setup.stop()
-
-
-@pytest.fixture
-def reader(control_plane: ControlPlane, namespace: str) -> str:
-    return token(control_plane.api_client(), namespace, "client")
 
 
 def serves_under(directory: DirectoryProcess, ca: bytes) -> bool:

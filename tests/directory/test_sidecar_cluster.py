@@ -25,7 +25,6 @@ from kubernetes import client
 
 from sidecar.shardfn import ordinal_for
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kubelet import Kubelet
 from tests.cluster.naming import namespace_name
 from tests.cluster.processes import free_port
 from tests.cluster.waiting import wait_for
@@ -167,20 +166,6 @@ class DirectoryCluster(Cluster):
         assert check_backends(self) == keys
 
 
-@pytest.fixture
-def cluster(control_plane: ControlPlane, namespace: str, kubelet: Kubelet,
-            tmp_path: Path) -> Iterator[DirectoryCluster]:
-    kubelet.watch(namespace)
-    setup = DirectoryCluster(control_plane, namespace, kubelet, tmp_path)
-    yield setup
-    setup.stop()
-
-
-@pytest.fixture
-def reader(control_plane: ControlPlane, namespace: str) -> str:
-    """A token of a service account with no RBAC at all: in directory mode a sidecar
-    needs none for its own namespace (SPEC §7), so no RoleBinding is made."""
-    return token(control_plane.api_client(), namespace, "client")
 
 
 @pytest.fixture

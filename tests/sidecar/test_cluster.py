@@ -10,7 +10,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +113,6 @@ def all_ready(count: int) -> Callable[[RouteState], bool]:
     return lambda s: s.synced and s.count == count and len(s.shards) == count and all(
         sh.ready for sh in s.shards)
 
-
-@pytest.fixture
-def cluster(control_plane: ControlPlane, namespace: str, kubelet: Kubelet,
-            tmp_path: Path) -> Iterator[Cluster]:
-    kubelet.watch(namespace)
-    setup = Cluster(control_plane, namespace, kubelet, tmp_path)
-    yield setup
-    setup.stop()
 
 
 def send(port: int, keys: list[str], conn: http.client.HTTPConnection | None = None,

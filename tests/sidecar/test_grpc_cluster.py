@@ -20,7 +20,6 @@ from tests.cluster.waiting import wait_for
 from tests.sidecar.grpc_backends import GrpcBackend
 from tests.sidecar.h2_backend import H2Backend
 from tests.sidecar.test_cluster import PORT, STS, Cluster, all_ready, statefulset
-from tests.sidecar.test_cluster import cluster as cluster  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.cluster
 

@@ -7,8 +7,6 @@ On the real control plane. The sidecar's pod events are recorded by wrapping
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,6 @@ from kubernetes import client
 
 from sidecar.discovery import RouteWatch
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kubelet import Kubelet
 from tests.cluster.waiting import wait_for
 from tests.sidecar.test_cluster import (
     STS,
@@ -26,15 +23,6 @@ from tests.sidecar.test_cluster import (
     send,
     statefulset,
 )
-
-
-@pytest.fixture
-def cluster(control_plane: ControlPlane, namespace: str, kubelet: Kubelet,
-            tmp_path: Path) -> Iterator[Cluster]:
-    kubelet.watch(namespace)
-    setup = Cluster(control_plane, namespace, kubelet, tmp_path)
-    yield setup
-    setup.stop()
 
 
 @pytest.fixture
